@@ -1,0 +1,142 @@
+"""The transparency process (SPEC §3, §5 `next`, §6): a scheduler, kept apart from the network.
+
+The forward process makes an anomaly A progressively *opaque* inside its mask M:
+``x_t = (1 − M)·x0 + M·((1 − β_t)·x0 + β_t·A)`` for rgb, ``x_t = x0 + β_t·M·ε`` for depth.
+The reverse process runs the network from the test image itself (t = T−2 … 1) and, step by
+step, makes whatever it believes anomalous transparent again, so the normal appearance
+shows through; the accumulated mask probabilities are the anomaly map.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+# Network call: (concat(x, mask), t) -> (eps_hat, x0_hat, mask_logits)
+Network = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def rgb_channels(mode: str) -> slice:
+    """Channels that blend towards an appearance (rgb); the rest are additive depth."""
+    return slice(0, 3) if mode in ("rgb", "rgbd") else slice(0, 0)
+
+
+def depth_channels(mode: str) -> slice:
+    return {"rgb": slice(3, 3), "d": slice(0, 1), "rgbd": slice(3, 4)}[mode]
+
+
+@dataclass
+class ReverseResult:
+    x_final: torch.Tensor      # [B, C, S, S] the image with anomalies made transparent
+    mask_disc: torch.Tensor    # [B, 1, S, S] accumulated mask probabilities / (T − 1)
+    trajectory: list[dict[str, torch.Tensor]] | None = None
+
+
+class TransparencyProcess:
+    """β schedule, forward blending, the one-step update and the reverse loop for one mode."""
+
+    def __init__(self, num_steps: int = 20, mode: str = "rgb") -> None:
+        if num_steps < 3:
+            raise ValueError("--diffusion-num-steps must be at least 3")
+        self.num_steps = num_steps
+        self.mode = mode
+        self.beta = torch.linspace(0, 1, num_steps)  # float32, as the original
+        self._rgb = rgb_channels(mode)
+        self._depth = depth_channels(mode)
+
+    def _beta_at(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return self.beta.to(like.device)[t.to(like.device)].to(like.dtype).view(-1, 1, 1, 1)
+
+    def sample_t(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training steps, uniform in {1, …, T−1}."""
+        return torch.randint(1, self.num_steps, (batch,), generator=generator)
+
+    def q_sample(self, x0: torch.Tensor, eps: torch.Tensor, mask: torch.Tensor,
+                 t: torch.Tensor) -> torch.Tensor:
+        """x_t from the clean image, the masked anomaly ε = M·A (or M·depth change) and M."""
+        b = self._beta_at(t, x0)
+        x_t = x0.clone()
+        r, d = self._rgb, self._depth
+        x_t[:, r] = (1 - mask) * x0[:, r] + mask * ((1 - b) * x0[:, r] + b * eps[:, r])
+        x_t[:, d] = x0[:, d] + b * mask * eps[:, d]
+        return x_t
+
+    def next_step(self, x_t: torch.Tensor, x0_hat: torch.Tensor, mask_prob: torch.Tensor,
+                  eps_hat: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_{t−1} = x_t − (Δ/β_t)·M̃·ε̂ (+ Δ·M̃·x̂0 on rgb channels), M̃ = 1[mask_prob > 0.5].
+
+        With the true ε_β = β_t·ε, x0 and M this returns exactly the forward x_{t−1}.
+        """
+        beta = self.beta.to(x_t.device)
+        tt = t.to(x_t.device)
+        b_t = beta[tt].to(x_t.dtype).view(-1, 1, 1, 1)
+        delta = (beta[tt] - beta[tt - 1]).to(x_t.dtype).view(-1, 1, 1, 1)
+        m = (mask_prob > 0.5).to(x_t.dtype)
+        out = x_t - (delta / b_t) * m * eps_hat
+        r = self._rgb
+        if r.stop > r.start:
+            out[:, r] = out[:, r] + delta * m * x0_hat[:, r]
+        return out
+
+    @torch.no_grad()
+    def reverse(self, net: Network, image: torch.Tensor, keep_trajectory: bool = False
+                ) -> ReverseResult:
+        """Run t = T−2 … 1 from the test image with an empty mask (SPEC §6)."""
+        x = image
+        mask = torch.zeros_like(image[:, :1])
+        acc = torch.zeros_like(mask)
+        traj: list[dict[str, torch.Tensor]] | None = [] if keep_trajectory else None
+        for step in range(self.num_steps - 2, 0, -1):
+            t = torch.full((image.shape[0],), step, dtype=torch.long, device=image.device)
+            eps_hat, x0_hat, logits = net(torch.cat((x, mask), dim=1), t)
+            # Threshold the float32 sigmoid (not the logit), like the original: tiny
+            # positive logits round to exactly 0.5 and count as "not anomalous".
+            prob = torch.sigmoid(logits.float())
+            x_next = self.next_step(x, x0_hat.to(x.dtype), prob, eps_hat.to(x.dtype), t)
+            if traj is not None:
+                traj.append({"t": t, "x_in": x, "mask_in": mask, "logits": logits, "x_out": x_next})
+            acc = acc + prob
+            mask = (prob > 0.5).to(x.dtype)
+            x = x_next
+        # divided by T − 1 although T − 2 steps ran: the original's normalisation
+        return ReverseResult(x_final=x, mask_disc=acc / (self.num_steps - 1), trajectory=traj)
+
+
+def to_display_range(x: torch.Tensor, mode: str) -> torch.Tensor:
+    """Map rgb channels from [−1, 1] to [0, 1] (clipped); depth channels stay as they are."""
+    out = x.clone()
+    r = rgb_channels(mode)
+    out[:, r] = (x[:, r] / 2 + 0.5).clamp(0, 1)
+    return out
+
+
+def box_smooth(maps: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """k×k mean filter with zero padding and 'same' output size (scipy.signal.convolve2d's
+    'same' alignment, so even sizes pad one more on the leading side). maps: [B, 1, H, W]."""
+    k = kernel_size
+    padded = F.pad(maps, (k // 2, (k - 1) // 2, k // 2, (k - 1) // 2))
+    weight = torch.full((1, 1, k, k), 1.0 / (k * k), dtype=maps.dtype, device=maps.device)
+    return F.conv2d(padded, weight)
+
+
+@dataclass
+class AnomalyMaps:
+    final: torch.Tensor        # [B, H, W] float64: the anomaly map
+    scores: torch.Tensor       # [B] float64: max of the final map
+    mask_disc: torch.Tensor    # [B, H, W] float64, unsmoothed
+    mask_recon: torch.Tensor   # [B, H, W] float64, unsmoothed
+
+
+def anomaly_maps(image: torch.Tensor, result: ReverseResult, mode: str, kernel_size: int = 7,
+                 weight: float = 0.95) -> AnomalyMaps:
+    """SPEC §6 scoring: smoothed w·mask_disc + (1−w)·mask_recon, score = max, in float64."""
+    inp = to_display_range(image.float(), mode)
+    rec = to_display_range(result.x_final.float(), mode)
+    recon = ((inp - rec) ** 2).mean(dim=1, keepdim=True).double()
+    disc = result.mask_disc.double()
+    final = weight * box_smooth(disc, kernel_size) + (1 - weight) * box_smooth(recon, kernel_size)
+    final = final[:, 0]
+    return AnomalyMaps(final=final, scores=final.flatten(1).amax(dim=1),
+                       mask_disc=disc[:, 0], mask_recon=recon[:, 0])
