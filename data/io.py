@@ -1,0 +1,222 @@
+"""Reading images and ground-truth masks exactly as SPEC §1 prescribes.
+
+RGB: resize to S×S with PIL bilinear (what torchvision ``Resize`` does on a PIL
+image), then ``(v/255 - 0.5) * 2``.  Masks: binarise (any non-zero → 255, since
+VisA masks hold small values such as 1 and MVTec 3D-AD masks hold 253), resize
+bilinearly, and call a pixel anomalous when its resized value is > 0.5 on the
+0..255 scale.
+
+Every failure to read a file becomes a one-line :class:`TransFusionError` that
+names the file, because a bad file deep inside a dataset is otherwise a
+multi-screen traceback from the middle of a DataLoader worker.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from utils.errors import TransFusionError
+
+__all__ = ["read_rgb", "read_rgb_uint8", "read_mask", "image_hw", "IMAGE_EXTENSIONS"]
+
+# Extensions accepted when a dataset folder is scanned for images (compared lower-case).
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+_EXIF_ORIENTATION_TAG = 0x0112
+
+# Paths already warned about (mask size mismatch), so a dataset iterated for many
+# epochs warns once per file rather than once per epoch.
+_warned_mask_sizes: set[str] = set()
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _read_error(path: Path, kind: str, exc: BaseException) -> TransFusionError:
+    if isinstance(exc, FileNotFoundError):
+        reason = "file not found"
+    elif isinstance(exc, IsADirectoryError):
+        reason = "it is a directory"
+    elif isinstance(exc, PermissionError):
+        reason = "permission denied"
+    else:
+        reason = _one_line(f"{type(exc).__name__}: {exc}")
+    return TransFusionError(
+        f"cannot read {kind} '{path}': {reason}; expected a complete PNG/JPEG/TIFF image "
+        f"(re-copy the file from the original dataset or remove it)"
+    )
+
+
+def _open(path: str | os.PathLike, kind: str) -> Image.Image:
+    """Open and fully decode an image (so truncation is detected here, not later)."""
+    p = Path(path)
+    try:
+        if p.is_file() and p.stat().st_size == 0:
+            raise OSError("the file is empty (0 bytes)")
+        with Image.open(p) as im:
+            im.load()  # decode now: truncated data raises here, not in a DataLoader worker
+            orientation = _orientation_of(im)
+            if orientation in (None, 1):
+                return im
+            try:
+                return ImageOps.exif_transpose(im)
+            except Exception as exc:  # a broken EXIF block must not make the pixels unusable
+                warnings.warn(f"{p}: ignoring unreadable EXIF orientation ({_one_line(exc)})", stacklevel=3)
+                return im
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error...
+        if p.suffix.lower() in {".tif", ".tiff"} and not isinstance(exc, (FileNotFoundError, IsADirectoryError)):
+            # PIL cannot decode some TIFF flavours (e.g. 16-bit RGB); tifffile can.
+            return _open_tiff_fallback(p, kind, exc)
+        raise _read_error(p, kind, exc) from exc
+
+
+def _orientation_of(im: Image.Image) -> int | None:
+    try:
+        return im.getexif().get(_EXIF_ORIENTATION_TAG)
+    except Exception:
+        return None
+
+
+def _open_tiff_fallback(p: Path, kind: str, original: BaseException) -> Image.Image:
+    try:
+        import tifffile
+
+        arr = np.asarray(tifffile.imread(p))
+    except Exception:
+        raise _read_error(p, kind, original) from original
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 3 and arr.shape[2] >= 3:
+        arr = arr[..., :3]
+    elif arr.ndim != 2:
+        raise TransFusionError(f"cannot read {kind} '{p}': TIFF of shape {arr.shape}; expected HxW or HxWx3")
+    if kind == "mask":
+        # Binarise before any rescaling: a 16-bit mask holding 1 would otherwise round to 0.
+        nonzero = np.nan_to_num(arr) != 0
+        return Image.fromarray(np.where(nonzero.any(axis=2) if nonzero.ndim == 3 else nonzero, 255, 0).astype(np.uint8))
+    arr8 = _to_uint8_range(arr)
+    return Image.fromarray(arr8, mode="L" if arr8.ndim == 2 else "RGB")
+
+
+def _to_uint8_range(arr: np.ndarray) -> np.ndarray:
+    """Scale integer/float pixel data of any depth to 0..255 uint8."""
+    if arr.dtype == np.uint8:
+        return arr
+    a = arr.astype(np.float64)
+    if arr.dtype == np.uint16 or (arr.dtype.kind in "iu" and a.size and a.max() > 255):
+        a = a / 257.0  # 65535 → 255 exactly, as SPEC asks for 16-bit images
+    elif arr.dtype.kind == "f" and a.size and np.nanmax(a) <= 1.0:
+        a = a * 255.0  # float images conventionally hold 0..1
+    elif arr.dtype.kind == "f" and a.size and np.nanmax(a) > 255.0:
+        a = a / 257.0
+    a = np.nan_to_num(a, nan=0.0)
+    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+
+
+def _as_8bit(im: Image.Image) -> Image.Image:
+    """Any PIL mode → an 8-bit 'L' or 'RGB' image (alpha dropped, palettes expanded)."""
+    mode = im.mode
+    if mode in ("L", "RGB"):
+        return im
+    if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
+        return Image.fromarray(_to_uint8_range(np.asarray(im)), mode="L")
+    if mode in ("1", "LA", "La"):
+        return im.convert("L")
+    # P, PA, RGBA, RGBa, RGBX, CMYK, YCbCr, LAB, HSV... PIL converts all of them to RGB;
+    # alpha is dropped rather than composited, like `Image.convert("RGB")` in the original.
+    return im.convert("RGB")
+
+
+def read_rgb_uint8(path: str | os.PathLike) -> np.ndarray:
+    """Read an image at its own size as HxWx3 uint8 RGB (grayscale stacked to 3 channels)."""
+    im = _as_8bit(_open(path, "image"))
+    arr = np.asarray(im)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(arr)
+
+
+def read_rgb(path: str | os.PathLike, size: int) -> torch.Tensor:
+    """Read an image as a float32 [3, size, size] tensor in [-1, 1] (SPEC §1).
+
+    Resizing happens on the 8-bit PIL image, bilinear, exactly like torchvision's
+    ``Resize`` on a PIL image; grayscale is resized first and stacked afterwards,
+    which is identical per channel and three times cheaper.
+    """
+    im = _as_8bit(_open(path, "image"))
+    im = im.resize((int(size), int(size)), Image.BILINEAR)
+    arr = np.asarray(im, dtype=np.float32)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    arr = (arr / 255.0 - 0.5) * 2.0
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+def image_hw(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) of an image as :func:`read_rgb` sees it (after EXIF rotation).
+
+    Reads only the header, so it is cheap enough to call per test sample.
+    """
+    p = Path(path)
+    try:
+        with Image.open(p) as im:
+            w, h = im.size
+            orientation = _orientation_of(im)
+    except Exception as exc:
+        if p.suffix.lower() in {".tif", ".tiff"} and p.is_file():
+            im = _open(p, "image")  # TIFF flavours PIL cannot parse go through tifffile
+            return int(im.height), int(im.width)
+        raise _read_error(p, "image", exc) from exc
+    if orientation in (5, 6, 7, 8):  # these orientations swap width and height
+        w, h = h, w
+    return int(h), int(w)
+
+
+def _nonzero_mask(im: Image.Image) -> np.ndarray:
+    """Boolean HxW: True where the mask file holds any non-zero value (max over colour channels)."""
+    mode = im.mode
+    if mode in ("LA", "La"):
+        arr = np.asarray(im.getchannel(0))
+    elif mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+        # Palette indices are meaningless on their own; what a viewer (and cv2) shows is the colour.
+        arr = np.asarray(im.convert("RGB"))
+    else:
+        arr = np.asarray(im)
+    if arr.ndim == 3:
+        arr = arr[..., :3].max(axis=2)  # colour masks: any channel counts; alpha ignored
+    return np.nan_to_num(arr) != 0
+
+
+def read_mask(
+    path: str | os.PathLike, size: int, expected_hw: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """Read a ground-truth mask as float32 [1, size, size] holding 0/1 (SPEC §1, §8).
+
+    Binarise first (non-zero → 255; covers VisA's value-1 masks, MVTec 3D-AD's 253
+    and 16-bit masks), bilinear resize, then anomalous iff resized value > 0.5.
+    If ``expected_hw`` (the image's height, width) differs from the mask's size,
+    warn once per file and resize anyway.
+    """
+    p = Path(path)
+    im = _open(p, "mask")
+    h, w = im.height, im.width
+    if expected_hw is not None and (int(expected_hw[0]), int(expected_hw[1])) != (h, w):
+        key = str(p.resolve()) if p.exists() else str(p)
+        if key not in _warned_mask_sizes:
+            _warned_mask_sizes.add(key)
+            warnings.warn(
+                f"{p}: mask is {h}x{w} but its image is {expected_hw[0]}x{expected_hw[1]}; "
+                f"resizing the mask to {size}x{size} anyway",
+                stacklevel=2,
+            )
+    binary = np.where(_nonzero_mask(im), 255, 0).astype(np.uint8)
+    resized = Image.fromarray(binary, mode="L").resize((int(size), int(size)), Image.BILINEAR)
+    out = (np.asarray(resized) > 0.5).astype(np.float32)
+    return torch.from_numpy(out)[None]
