@@ -31,13 +31,13 @@ def read_xyz(path: str | os.PathLike) -> np.ndarray:
 
     NaN/inf points are set to 0 (MVTec's "missing point") with a one-line warning.
     """
-    import tifffile  # local import: only depth modes need it
+    from data.io import read_tiff_checked  # tifffile is imported there lazily: only depth modes need it
 
     p = Path(path)
     try:
         if p.is_file() and p.stat().st_size == 0:
             raise OSError("the file is empty (0 bytes)")
-        arr = np.asarray(tifffile.imread(p))
+        arr, notes = read_tiff_checked(p)  # refuses absurd header sizes before allocating
     except FileNotFoundError as exc:
         raise TransFusionError(
             f"xyz file not found: '{p}'; MVTec 3D-AD keeps one xyz/<name>.tiff beside every rgb/<name>.png"
@@ -48,11 +48,15 @@ def read_xyz(path: str | os.PathLike) -> np.ndarray:
             f"cannot read xyz file '{p}': {reason}; expected a float32 HxWx3 TIFF as shipped with MVTec 3D-AD"
         ) from exc
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        damage = f" (tifffile: {notes[0]})" if notes else ""
         raise TransFusionError(
-            f"xyz file '{p}' has shape {tuple(arr.shape)}; expected HxWx3 (x, y, z per pixel) as in MVTec 3D-AD"
+            f"xyz file '{p}' has shape {tuple(arr.shape)}{damage}; expected HxWx3 (x, y, z per pixel) as in MVTec 3D-AD"
         )
-    if arr.dtype.kind not in "fiu":
-        raise TransFusionError(f"xyz file '{p}' holds {arr.dtype} values; expected float32 coordinates")
+    if arr.dtype.kind != "f":
+        # integer "coordinates" are almost surely an RGB image saved as TIFF, not a point cloud
+        raise TransFusionError(
+            f"xyz file '{p}' holds {arr.dtype} values; expected float32 coordinates (is it an image, not an xyz file?)"
+        )
     xyz = arr.astype(np.float32, copy=True)
     bad = ~np.isfinite(xyz).all(axis=2)
     n_bad = int(bad.sum())

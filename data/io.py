@@ -12,6 +12,8 @@ multi-screen traceback from the middle of a DataLoader worker.
 """
 from __future__ import annotations
 
+import logging
+import math
 import os
 import warnings
 from pathlib import Path
@@ -37,6 +39,47 @@ _warned_mask_sizes: set[str] = set()
 
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
+
+
+class TiffTooLarge(ValueError):
+    """A TIFF whose header claims more values than PIL's decompression-bomb limit."""
+
+
+class _CollectLog(logging.Filter):
+    """Keeps tifffile's log records (it logs damage to stderr) instead of letting them through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.messages.append(_one_line(record.getMessage()))
+        return False
+
+
+def read_tiff_checked(path: str | os.PathLike) -> tuple[np.ndarray, list[str]]:
+    """``tifffile.imread`` that refuses, before allocating, a header claiming more values than
+    ``PIL.Image.MAX_IMAGE_PIXELS`` (a damaged or hostile header would otherwise allocate
+    gigabytes). Returns the array and tifffile's log messages (damage it worked around)."""
+    import tifffile
+
+    log = logging.getLogger("tifffile")
+    collect = _CollectLog()
+    log.addFilter(collect)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            limit = Image.MAX_IMAGE_PIXELS
+            if tif.series and limit:
+                shape = tuple(int(n) for n in tif.series[0].shape)
+                if math.prod(shape) > limit:
+                    raise TiffTooLarge(
+                        f"the TIFF header claims an array of shape {shape}, more than "
+                        f"PIL.Image.MAX_IMAGE_PIXELS ({limit}) values; refusing to allocate it"
+                    )
+            arr = np.asarray(tif.asarray())
+    finally:
+        log.removeFilter(collect)
+    return arr, collect.messages
 
 
 def _read_error(path: Path, kind: str, exc: BaseException) -> TransFusionError:
@@ -71,7 +114,9 @@ def _open(path: str | os.PathLike, kind: str) -> Image.Image:
                 warnings.warn(f"{p}: ignoring unreadable EXIF orientation ({_one_line(exc)})", stacklevel=3)
                 return im
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error...
-        if p.suffix.lower() in {".tif", ".tiff"} and not isinstance(exc, (FileNotFoundError, IsADirectoryError)):
+        if p.suffix.lower() in {".tif", ".tiff"} and not isinstance(
+            exc, (FileNotFoundError, IsADirectoryError, Image.DecompressionBombError)
+        ):
             # PIL cannot decode some TIFF flavours (e.g. 16-bit RGB); tifffile can.
             return _open_tiff_fallback(p, kind, exc)
         raise _read_error(p, kind, exc) from exc
@@ -86,11 +131,13 @@ def _orientation_of(im: Image.Image) -> int | None:
 
 def _open_tiff_fallback(p: Path, kind: str, original: BaseException) -> Image.Image:
     try:
-        import tifffile
-
-        arr = np.asarray(tifffile.imread(p))
+        arr, _ = read_tiff_checked(p)
+    except TiffTooLarge as exc:
+        raise _read_error(p, kind, exc) from exc
     except Exception:
         raise _read_error(p, kind, original) from original
+    if arr.dtype.kind not in "biuf":
+        raise TransFusionError(f"cannot read {kind} '{p}': TIFF of {arr.dtype} values; expected integer or float pixels")
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
     if arr.ndim == 3 and arr.shape[2] >= 3:
@@ -110,13 +157,15 @@ def _to_uint8_range(arr: np.ndarray) -> np.ndarray:
     if arr.dtype == np.uint8:
         return arr
     a = arr.astype(np.float64)
-    if arr.dtype == np.uint16 or (arr.dtype.kind in "iu" and a.size and a.max() > 255):
+    finite = a[np.isfinite(a)]  # NaN/inf must not decide the scale (nor make numpy warn)
+    top = float(finite.max()) if finite.size else 0.0
+    if arr.dtype == np.uint16 or (arr.dtype.kind in "iu" and a.size and top > 255):
         a = a / 257.0  # 65535 → 255 exactly, as SPEC asks for 16-bit images
-    elif arr.dtype.kind == "f" and a.size and np.nanmax(a) <= 1.0:
+    elif arr.dtype.kind == "f" and top <= 1.0:
         a = a * 255.0  # float images conventionally hold 0..1
-    elif arr.dtype.kind == "f" and a.size and np.nanmax(a) > 255.0:
+    elif arr.dtype.kind == "f" and top > 255.0:
         a = a / 257.0
-    a = np.nan_to_num(a, nan=0.0)
+    a = np.nan_to_num(a, nan=0.0, posinf=255.0, neginf=0.0)
     return np.clip(np.rint(a), 0, 255).astype(np.uint8)
 
 

@@ -13,6 +13,8 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
 
 # Network call: (concat(x, mask), t) -> (eps_hat, x0_hat, mask_logits)
 Network = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
@@ -140,3 +142,43 @@ def anomaly_maps(image: torch.Tensor, result: ReverseResult, mode: str, kernel_s
     final = final[:, 0]
     return AnomalyMaps(final=final, scores=final.flatten(1).amax(dim=1),
                        mask_disc=disc[:, 0], mask_recon=recon[:, 0])
+
+
+def rotate_nearest(x: torch.Tensor, angle: float) -> torch.Tensor:
+    """Counter-clockwise rotation about the centre, nearest neighbour, zero fill, same size
+    (torchvision ``rotate`` semantics, which the original's training augmentation uses)."""
+    return TF.rotate(x, angle, interpolation=InterpolationMode.NEAREST, expand=False, fill=0)
+
+
+@dataclass
+class TrainingInput:
+    t: torch.Tensor        # [B] steps in {1, …, T−1}
+    x_t: torch.Tensor      # [B, C, S, S] network input image
+    x0: torch.Tensor       # [B, C, S, S] clean image (target of x̂0)
+    eps: torch.Tensor      # [B, C, S, S] masked anomaly ε (β_t·ε is the target of ε̂)
+    mask: torch.Tensor     # [B, 1, S, S] M
+    mask_c: torch.Tensor   # [B, 1, S, S] condition mask fed to the network
+
+
+def make_training_input(process: TransparencyProcess, x0: torch.Tensor, eps: torch.Tensor,
+                        mask: torch.Tensor, mask_c: torch.Tensor, generator: torch.Generator,
+                        rotate_prob: float = 0.3, max_angle: float = 20.0) -> TrainingInput:
+    """Draw t, blend x_t, empty M_c at t = T−1, and rotate 30% of the samples (SPEC §2, §3).
+
+    All draws come from ``generator`` (CPU), so a resumed run repeats the same sequence.
+    """
+    b = x0.shape[0]
+    t = process.sample_t(b, generator)
+    draw_rotate = torch.rand(b, generator=generator) < rotate_prob
+    angles = (torch.rand(b, generator=generator) * 2 - 1) * max_angle
+    t_dev = t.to(x0.device)
+    x_t = process.q_sample(x0, eps, mask, t_dev)
+    mask_c = mask_c * (t_dev != process.num_steps - 1).to(mask_c.dtype).view(-1, 1, 1, 1)
+    if bool(draw_rotate.any()):
+        stacked = torch.cat((x_t, x0, eps, mask, mask_c), dim=1)
+        for i in torch.nonzero(draw_rotate).flatten().tolist():
+            stacked[i] = rotate_nearest(stacked[i], float(angles[i]))
+        c = x0.shape[1]
+        x_t, x0, eps = stacked[:, :c], stacked[:, c:2 * c], stacked[:, 2 * c:3 * c]
+        mask, mask_c = stacked[:, 3 * c:3 * c + 1], stacked[:, 3 * c + 1:]
+    return TrainingInput(t=t_dev, x_t=x_t, x0=x0, eps=eps, mask=mask, mask_c=mask_c)

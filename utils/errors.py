@@ -7,3 +7,17 @@ class TransFusionError(Exception):
     The message must name the offending file or option and say what was expected;
     `Experiment.py` prints it as a single line and exits with status 2, no traceback.
     """
+
+    def __init__(self, *args: object) -> None:
+        # A DataLoader worker that raised this error is re-raised in the main process as
+        # TransFusionError("Caught TransFusionError in DataLoader worker process N.\n
+        # Original Traceback ...\nutils.errors.TransFusionError: <message>"): keep <message>.
+        if len(args) == 1 and isinstance(args[0], str) and args[0].startswith("Caught ") \
+                and "in DataLoader worker" in args[0].split("\n", 1)[0]:
+            text = args[0].rstrip()
+            marker = "TransFusionError: "
+            at = text.rfind("\n" + f"{type(self).__module__}.{type(self).__qualname__}: ")
+            at = at + 1 if at >= 0 else text.rfind(marker)
+            if at >= 0:
+                args = (text[text.index(marker, at) + len(marker):],)
+        super().__init__(*args)

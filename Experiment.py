@@ -1,0 +1,37 @@
+#!/usr/bin/env python
+"""TransFusion command line (ECCV 2024, "A Transparency-Based Diffusion Model for Anomaly Detection").
+
+    python Experiment.py -c demo                       # built-in data, trains and tests on CPU
+    python Experiment.py -c train -r RUN -d DATA -ds mvtec --category bottle
+    python Experiment.py -c test  -r RUN -d DATA -ds mvtec
+    python Experiment.py -c predict -r RUN --category bottle --input 'new/*.png'
+
+Flags: utils/Argparser.py. What each choice does: utils/commands.py.
+"""
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    from utils.Argparser import parse_args
+    from utils.errors import TransFusionError
+
+    args = parse_args(argv)
+    from utils import commands
+
+    dispatch = {"train": commands.run_train, "test": commands.run_test,
+                "demo": commands.run_demo, "predict": commands.run_predict}
+    try:
+        dispatch[args.choice](args)
+    except TransFusionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

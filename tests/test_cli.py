@@ -1,0 +1,107 @@
+"""Experiment.py end to end, in subprocesses, on a generated miniature MVTec-layout set."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.layouts import make_mvtec
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--img-size", "32", "--unet-channel-num", "32", "--unet-ch-mults", "1", "2",
+        "--unet-attn", "F", "T", "--unet-group-conv", "T", "T", "--unet-n-blocks", "1",
+        "--diffusion-num-steps", "5", "--bs", "4", "--workers", "0", "--lr", "1e-3",
+        "--eval-epoch-num", "0", "--quiet", "--no-fg-masks", "--device", "cpu"]
+
+
+def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(REPO / "Experiment.py"), *argv], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_mvtec(tmp_path_factory.mktemp("mvtec"), category="bottle", n_train=6, n_test_good=3,
+                      defects=("crack", "hole"), n_per_defect=2, size=48)
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory) -> Path:
+    logs = tmp_path_factory.mktemp("logs")
+    run("-c", "train", "-r", "tiny", "-d", str(data), "-ds", "mvtec", "--category", "bottle",
+        "--log-path", str(logs), "--epoch-num", "2", *TINY)
+    return logs
+
+
+def test_train_writes_released_format_checkpoint(trained):
+    models = trained / "tiny" / "models"
+    sd = torch.load(models / "bottle_model.pkl", weights_only=True)
+    assert sd and all(k.startswith("model.") for k in sd)
+    assert "model.pos_emb.penc.inv_freq" in sd and "model.final_seg.norm.running_mean" in sd
+    meta = json.loads((models / "bottle_meta.json").read_text())
+    assert meta["epoch"] == 2 and meta["img_size"] == 32 and meta["unet"]["n_channels"] == 32
+    assert any((trained / "tiny" / "tensorboard" / "bottle").iterdir())
+
+
+def test_test_reports_numbers_and_writes_results(trained, data):
+    proc = run("-c", "test", "-r", "tiny", "-d", str(data), "-ds", "mvtec", "--category", "bottle",
+               "--log-path", str(trained), "--visualize", "--eval-bs", "3", *TINY)
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("AVG AUROC: ") and ", AVG AUPRO: " in last
+    res = trained / "tiny" / "results" / "bottle"
+    rows = list(csv.DictReader((res / "per_image.csv").open()))
+    assert len(rows) == 7 and {r["defect"] for r in rows} == {"good", "crack", "hole"}
+    summary = json.loads((res / "summary.json").read_text())
+    assert set(summary["metrics"]) >= {"image_auroc", "aupro", "pixel_auroc", "image_ap", "image_f1_max"}
+    assert summary["checkpoint"].endswith("bottle_model.pkl")
+    out = (trained / "tiny" / "output.csv").read_text().splitlines()
+    assert out[0].startswith("timestamp,run,category") and out[1].split(",")[2] == "bottle"
+    assert len(list((res / "visualizations").glob("*.png"))) == 7
+    assert (res / "roc.png").exists() and (res / "pro.png").exists()
+    auroc = float(last.split("AVG AUROC: ")[1].split(",")[0])
+    assert auroc == pytest.approx(100 * summary["metrics"]["image_auroc"], abs=0.01)
+
+    # predict on the test images, with the F1-max threshold that -c test stored
+    proc = run("-c", "predict", "-r", "tiny", "--category", "bottle", "--log-path", str(trained),
+               "--input", str(data / "bottle" / "test" / "*" / "*.png"), *TINY)
+    lines = (trained / "tiny" / "predictions" / "bottle" / "predictions.jsonl").read_text().splitlines()
+    recs = [json.loads(x) for x in lines]
+    assert len(recs) == 7 and all(r["decision"] in ("OK", "defect") for r in recs)
+    predicted = {Path(r["path"]).resolve(): r["score"] for r in recs}
+    tested = {Path(r["image_path"]).resolve(): float(r["score"]) for r in rows}
+    assert predicted.keys() == tested.keys()
+    for path, score in tested.items():  # the same numbers as -c test
+        assert predicted[path] == pytest.approx(score, abs=1e-6)
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(data, tmp_path):
+    common = ["-d", str(data), "-ds", "mvtec", "--category", "bottle", "--save-every", "1", *TINY]
+    run("-c", "train", "-r", "a", "--log-path", str(tmp_path), "--epoch-num", "3", *common)
+    run("-c", "train", "-r", "b", "--log-path", str(tmp_path), "--epoch-num", "2", *common)
+    proc = run("-c", "train", "-r", "b", "--log-path", str(tmp_path), "--epoch-num", "3", "--resume", *common)
+    assert "resuming at epoch 3" in proc.stdout
+    a = torch.load(tmp_path / "a" / "models" / "bottle_model.pkl", weights_only=True)
+    b = torch.load(tmp_path / "b" / "models" / "bottle_model.pkl", weights_only=True)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["-c", "train", "-r", "x", "-d", "/nonexistent/mvtec"], "/nonexistent/mvtec"),
+    (["-c", "test", "-r", "never_trained", "-d", "."], "never_trained"),
+])
+def test_bad_input_gives_one_line_error(argv, needle, tmp_path):
+    proc = run(*argv, "--log-path", str(tmp_path), *TINY, check=False)
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,125 @@
+"""Command-line flags: those of the original TransFusion, plus this project's additions.
+
+List-valued flags (``--unet-ch-mults``, ``--unet-attn``, ``--unet-group-conv``) really parse
+from the command line: ``--unet-ch-mults 1 2 2 2`` or ``--unet-ch-mults 1,2,2,2``;
+booleans accept T/F, true/false, 1/0.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+CHOICES = ("train", "test", "demo", "predict")
+DATASETS = ("mvtec", "visa", "mvtec3d", "folder")
+MODES = ("rgb", "d", "rgbd")
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("t", "true", "1", "yes", "y"):
+        return True
+    if value in ("f", "false", "0", "no", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (T/F, true/false, 1/0), got {text!r}")
+
+
+class _ListAction(argparse.Action):
+    """Collect ``nargs='+'`` values, also splitting comma-separated ones, with a converter."""
+
+    def __init__(self, *args, convert=int, **kwargs):
+        self.convert = convert
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        items = [part for v in values for part in str(v).replace("[", "").replace("]", "").split(",")
+                 if part.strip()]
+        try:
+            setattr(namespace, self.dest, [self.convert(p) for p in items])
+        except (ValueError, argparse.ArgumentTypeError) as exc:
+            parser.error(f"{option_string}: {exc}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="Experiment.py",
+        description="TransFusion: transparency-based diffusion for anomaly detection (ECCV 2024).")
+    p.add_argument("-c", "--choice", choices=CHOICES, required=True,
+                   help="train, test, demo (built-in data, runs anywhere) or predict (unlabelled images)")
+    p.add_argument("-r", "--run-name", default=None, help="run folder name under --log-path")
+    p.add_argument("-d", "--data-path", default=None, help="dataset root, as unpacked")
+    p.add_argument("--log-path", default="./experiments/", help="where run folders live")
+    p.add_argument("-ds", "--dataset", choices=DATASETS, default="mvtec")
+    p.add_argument("--mode", choices=MODES, default="rgb", help="rgb, d (depth) or rgbd (MVTec 3D-AD)")
+    p.add_argument("--fg-mask-path", default=None, help="released foreground masks (<dataset>_masks/...)")
+    p.add_argument("--no-fg-masks", action="store_true", help="synthesise anomalies anywhere")
+    p.add_argument("--dtd-path", default=None,
+                   help="Describable Textures Dataset root (images/<texture>/*.jpg); "
+                        "without it a small built-in texture bank is used")
+    p.add_argument("--category", default="all", help="one category name, or 'all'")
+    p.add_argument("--resume", action="store_true", help="continue a killed/stopped training run")
+    p.add_argument("--visualize", action="store_true", help="write a picture per test image")
+    p.add_argument("--seed", type=int, default=3)
+    p.add_argument("--epoch-num", type=int, default=1500)
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--bs", type=int, default=8, help="training batch size (per process)")
+    p.add_argument("--step-size", type=int, default=800, help="StepLR step, in epochs")
+    p.add_argument("--gamma", type=float, default=0.1, help="StepLR factor")
+    p.add_argument("--diffusion-num-steps", type=int, default=20)
+    p.add_argument("--unet-channel-num", type=int, default=None,
+                   help="UNet base width (default 64, 128 for rgbd)")
+    p.add_argument("--unet-ch-mults", nargs="+", action=_ListAction, convert=int, default=[1, 2, 2, 2])
+    p.add_argument("--unet-attn", nargs="+", action=_ListAction, convert=_bool,
+                   default=[False, False, True, True])
+    p.add_argument("--unet-group-conv", nargs="+", action=_ListAction, convert=_bool,
+                   default=[True, True, True, True])
+    p.add_argument("--unet-n-blocks", type=int, default=2)
+    p.add_argument("--img-size", type=int, default=256, help="working resolution (multiple of 32)")
+    p.add_argument("--eval-kernel-size", type=int, default=7)
+    p.add_argument("--eval-w", type=float, default=0.95)
+    p.add_argument("--eval-epoch-num", type=int, default=100,
+                   help="evaluate on the test set every N epochs during training (0: never)")
+    # additions of this project
+    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu... (default: cuda if available)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    p.add_argument("--eval-bs", type=int, default=8, help="evaluation batch size (same numbers at any size)")
+    p.add_argument("--save-every", type=int, default=10, help="checkpoint every N epochs")
+    p.add_argument("--keep-last", type=int, default=2, help="training-state checkpoints to keep")
+    p.add_argument("--input", default=None, help="predict: an image, a folder or a glob")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="predict: decision threshold (default: the F1-max threshold from -c test)")
+    p.add_argument("--demo-path", default="./demo_data", help="demo: where the built-in data is cached")
+    p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off",
+                   help="mixed precision for the network (bf16 uses the CPU's bf16 units where present)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network")
+    p.add_argument("--dry-run", action="store_true",
+                   help="train: check the dataset, configuration, device and disk, then stop")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # Which flags the user typed (as opposed to defaults): -c demo only overrides the others.
+    quiet = build_parser()
+    for action in quiet._actions:
+        action.default = argparse.SUPPRESS
+        action.required = False
+    args.explicit = set(vars(quiet.parse_args(argv)))
+    args.unet_channel_num_given = args.unet_channel_num is not None
+    if args.unet_channel_num is None:
+        args.unet_channel_num = 128 if args.mode == "rgbd" else 64
+    if args.choice in ("train", "test", "predict") and not args.run_name:
+        parser.error(f"-c {args.choice} needs -r/--run-name")
+    if args.choice in ("train", "test") and not args.data_path:
+        parser.error(f"-c {args.choice} needs -d/--data-path")
+    if args.choice == "predict" and not args.input:
+        parser.error("-c predict needs --input (an image, a folder or a glob)")
+    if args.img_size % 32:
+        parser.error(f"--img-size must be a multiple of 32 (Perlin noise scales), got {args.img_size}")
+    if args.mode != "rgb" and args.dataset not in ("mvtec3d",):
+        parser.error(f"--mode {args.mode} needs depth: use it with -ds mvtec3d")
+    for flag in ("epoch_num", "bs", "diffusion_num_steps", "eval_kernel_size", "eval_bs", "save_every"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1")
+    return args

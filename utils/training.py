@@ -1,0 +1,234 @@
+"""Training one category (SPEC §5): AdamW + StepLR, half-batch synthesis, the four losses.
+
+A run can be killed at any moment and continued with ``--resume``: the training state
+(model, optimizer, scheduler, the step's random generator, epoch and batch position) is saved
+atomically every ``--save-every`` epochs, on Ctrl-C and at the end, and the data order and
+synthesis of every batch depend only on (seed, epoch, batch), so a resumed run continues the
+very sequence an uninterrupted one would have followed.
+"""
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from data.datasets import TestDataset, TrainDataset, find_test_samples, find_train_images
+from data.fg_masks import FgMaskSource
+from data.synthesis import AnomalySynthesizer
+from data.textures import TextureSource
+from data.training_data import make_train_loader
+from models.losses import transfusion_loss
+from models.transparency import TransparencyProcess, make_training_input
+from models.unet import TransFusionUNet
+from utils.atomic import atomic_torch_save
+from utils.errors import TransFusionError
+from utils.evaluation import evaluate, fmt_pct
+from utils.precision import autocast, grad_scaler, maybe_compile
+from utils.runs import RunPaths, build_meta, save_weights, unet_config_from_args
+
+MAX_BAD_STEPS = 5  # consecutive non-finite losses before the run stops
+
+
+@dataclass
+class TrainOutcome:
+    category: str
+    epochs_done: int
+    seconds: float
+    last_metrics: dict[str, Any] | None
+    interrupted: bool = False
+
+
+class _StopFlag:
+    """Turns the first Ctrl-C into a request to checkpoint and stop at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> "_StopFlag":
+        def handler(signum, frame):  # noqa: ARG001
+            if self.requested:  # second Ctrl-C: give up immediately
+                raise KeyboardInterrupt
+            self.requested = True
+            print("\nCtrl-C: saving a checkpoint at the end of this step (press again to abort)")
+
+        try:
+            self._previous = signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not in the main thread
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def texture_source(args: Any, announce: bool = True) -> TextureSource:
+    if args.dtd_path:
+        return TextureSource.from_dtd(args.dtd_path)
+    source = TextureSource.builtin()
+    if announce:
+        print(f"note: no --dtd-path given, anomaly textures come from the {source.description}")
+    return source
+
+
+def _save_state(paths: RunPaths, category: str, net: torch.nn.Module, opt: torch.optim.Optimizer,
+                sched: Any, scaler: Any, gen: torch.Generator, epoch: int, batch: int, keep_last: int,
+                meta: dict[str, Any]) -> None:
+    """Training state first, then the exported weights; old states pruned last."""
+    state = {
+        "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "scaler": scaler.state_dict(),
+        "generator": gen.get_state(),
+        "epoch": epoch,          # epochs fully done
+        "batch": batch,          # batches of epoch `epoch` already done (mid-epoch save)
+        "meta": meta,
+    }
+    atomic_torch_save(state, paths.train_state(category, epoch, batch))
+    save_weights(paths, category, net, meta)
+    for old in paths.train_states(category)[:-max(1, keep_last)]:
+        old.unlink(missing_ok=True)
+
+
+def _latest_state(paths: RunPaths, category: str) -> dict[str, Any] | None:
+    """The newest training state that loads; a damaged newest file falls back to an older one."""
+    for p in reversed(paths.train_states(category)):
+        try:
+            return torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any damage: try the previous one
+            print(f"warning: {p} is unreadable ({type(exc).__name__}); trying an older checkpoint")
+    return None
+
+
+def train_category(args: Any, category: str, device: torch.device, paths: RunPaths) -> TrainOutcome:
+    cfg = unet_config_from_args(args)
+    process = TransparencyProcess(args.diffusion_num_steps, args.mode)
+    progress = not args.quiet
+
+    fg = None
+    if args.mode == "rgb":
+        train_paths = find_train_images(args.dataset, args.data_path, category)
+        fg = FgMaskSource.for_category(args.dataset, category, train_paths, args.img_size,
+                                       args.fg_mask_path, not args.no_fg_masks,
+                                       paths.fg_mask_cache(category))
+    train_set = TrainDataset(args.dataset, args.data_path, category, args.mode, args.img_size,
+                             fg_masks=fg)
+    depth_norm = getattr(train_set, "depth_norm", None)
+    textures = texture_source(args, announce=False) if args.mode != "d" else None
+    synthesizer = AnomalySynthesizer(args.mode, args.img_size, textures)
+    loader = make_train_loader(train_set, synthesizer, args.bs, args.seed, args.workers)
+
+    test_set = None
+    if args.eval_epoch_num > 0 and find_test_samples(args.dataset, args.data_path, category):
+        test_set = TestDataset(args.dataset, args.data_path, category, args.mode, args.img_size,
+                               depth_norm=depth_norm)
+
+    torch.manual_seed(args.seed)
+    net = TransFusionUNet(cfg).to(device)
+    forward = maybe_compile(net, args.compile)
+    scaler = grad_scaler(device, args.amp)
+    opt = torch.optim.AdamW(net.parameters(), lr=args.lr)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=args.step_size, gamma=args.gamma)
+    gen = torch.Generator().manual_seed(args.seed)
+    start_epoch, start_batch = 0, 0
+
+    if args.resume:
+        state = _latest_state(paths, category)
+        if state is None:
+            print(f"[{category}] --resume: no saved training state in {paths.models}, starting afresh")
+        else:
+            net.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            if state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            gen.set_state(state["generator"])
+            start_epoch, start_batch = int(state["epoch"]), int(state["batch"])
+            print(f"[{category}] resuming at epoch {start_epoch + 1}"
+                  + (f", batch {start_batch + 1}" if start_batch else ""))
+    if start_epoch >= args.epoch_num:
+        print(f"[{category}] already trained for {start_epoch} epochs (--epoch-num {args.epoch_num})")
+        return TrainOutcome(category, start_epoch, 0.0, None)
+
+    writer = SummaryWriter(str(paths.tensorboard(category)))
+    meta = build_meta(cfg, args, start_epoch, depth_norm)
+    steps_per_epoch = len(loader)
+    global_step = start_epoch * steps_per_epoch + start_batch
+    bad_in_a_row = 0
+    last_metrics = None
+    t0 = time.perf_counter()
+    epoch = start_epoch
+    with _StopFlag() as stop:
+        for epoch in range(start_epoch, args.epoch_num):
+            loader.batch_sampler.set_epoch(epoch, start_batch=start_batch)
+            net.train()
+            sums: dict[str, float] = {}
+            n_done = 0
+            bar = tqdm(loader, desc=f"[{category}] epoch {epoch + 1}/{args.epoch_num}",
+                       disable=not progress, leave=False, unit="batch",
+                       total=steps_per_epoch - start_batch)
+            for b, batch in enumerate(bar, start=start_batch):
+                ti = make_training_input(process, batch["image"].to(device), batch["eps"].to(device),
+                                         batch["mask"].to(device), batch["mask_c"].to(device), gen)
+                with autocast(device, args.amp):
+                    eps_hat, x0_hat, logits = forward(torch.cat((ti.x_t, ti.mask_c), 1), ti.t)
+                terms = transfusion_loss(process, ti.x_t, ti.t, ti.x0, ti.eps, ti.mask,
+                                         eps_hat.float(), x0_hat.float(), logits.float())
+                if not torch.isfinite(terms.total):
+                    bad_in_a_row += 1
+                    print(f"[{category}] warning: non-finite loss at epoch {epoch + 1}, batch {b + 1} "
+                          f"({terms.as_dict()}); step skipped")
+                    if bad_in_a_row >= MAX_BAD_STEPS:
+                        writer.close()
+                        raise TransFusionError(
+                            f"{MAX_BAD_STEPS} non-finite losses in a row in category {category}: "
+                            f"stopped; the last good checkpoint is in {paths.models} "
+                            f"(try a lower --lr, then --resume)")
+                    opt.zero_grad(set_to_none=True)
+                    continue
+                bad_in_a_row = 0
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(terms.total).backward()
+                scaler.step(opt)
+                scaler.update()
+                global_step += 1
+                n_done += 1
+                for k, v in terms.as_dict().items():
+                    sums[k] = sums.get(k, 0.0) + v
+                bar.set_postfix(loss=f"{terms.total.item():.4f}")
+                if stop.requested:
+                    meta.update(epoch=epoch)
+                    _save_state(paths, category, net, opt, sched, scaler, gen, epoch, b + 1, args.keep_last, meta)
+                    writer.close()
+                    print(f"[{category}] stopped; checkpoint saved. Continue with --resume.")
+                    return TrainOutcome(category, epoch, time.perf_counter() - t0, last_metrics, True)
+            start_batch = 0
+            sched.step()
+            done = epoch + 1
+            for k, v in sums.items():
+                writer.add_scalar(f"loss/{k}", v / max(1, n_done), done)
+            writer.add_scalar("lr", opt.param_groups[0]["lr"], done)
+            if progress and n_done:
+                tqdm.write(f"[{category}] epoch {done}: loss {sums['total'] / n_done:.4f}")
+            meta.update(epoch=done)
+            if done % args.save_every == 0 or done == args.epoch_num:
+                _save_state(paths, category, net, opt, sched, scaler, gen, done, 0, args.keep_last, meta)
+            if test_set is not None and (done % args.eval_epoch_num == 0 or done == args.epoch_num):
+                out = evaluate(forward, process, test_set, device, args.eval_kernel_size, args.eval_w,
+                               args.eval_bs, 0, progress=progress, desc=f"[{category}] evaluate",
+                               amp=args.amp)
+                last_metrics = out.metrics
+                for k, v in out.metrics.items():
+                    if isinstance(v, float):
+                        writer.add_scalar(f"eval/{k}", v, done)
+                tqdm.write(f"[{category}] epoch {done}: image AUROC {fmt_pct(out.metrics['image_auroc'])}, "
+                           f"AUPRO {fmt_pct(out.metrics['aupro'])}")
+    writer.close()
+    return TrainOutcome(category, args.epoch_num, time.perf_counter() - t0, last_metrics)
