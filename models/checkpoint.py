@@ -8,10 +8,12 @@ device (no memory for the 112M rgbd parameters), and it never unpickles code:
 """
 from __future__ import annotations
 
+import errno
 import math
 import os
 import pickle
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,7 @@ _HOW_TO_GET = ("download the released weights with scripts/download_weights.py "
 _PROJ_IN_TO_MODE = {5: "rgb", 3: "d"}
 _DOWN_KEY = re.compile(r"^model\.down\.(\d+)\.(res|attn|attn_d|conv)\.")
 _UP_KEY = re.compile(r"^model\.up\.(\d+)\.")
+_IO_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EIO, errno.ENXIO, errno.EISDIR, errno.ENOENT})
 
 
 @dataclass(frozen=True)
@@ -137,7 +140,10 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not p.is_file():
         raise TransFusionError(f"{path}: is not a file; point to a <category>_model.pkl checkpoint")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns (two stderr lines) about any pickle protocol but 2, even in garbage
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         text = str(e)
         if re.search(r"\bGLOBAL\b|Unsupported global|allowed global", text):
@@ -154,10 +160,12 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                                ) from None
     except MemoryError:
         raise
-    except OSError as e:  # permissions, I/O errors: the file may be fine, reading it is not
-        raise TransFusionError(f"{path}: cannot be read ({e.strerror or e}); check the file's "
-                               f"permissions and the disk") from None
     except Exception as e:  # zip/EOF/format errors surface with many types; all mean "bad file"
+        if isinstance(e, OSError) and e.errno in _IO_ERRNOS:
+            # permissions, I/O errors: the file may be fine, reading it is not. (A corrupt zip
+            # directory also surfaces as an OSError, EINVAL from a bad seek: that is "bad file".)
+            raise TransFusionError(f"{path}: cannot be read ({e.strerror or e}); check the file's "
+                                   f"permissions and the disk") from None
         raise TransFusionError(
             f"{path}: truncated, corrupt or not a PyTorch checkpoint "
             f"({type(e).__name__}: {_one_line(str(e))}); re-download it with "
