@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off",
                    help="mixed precision for the network (bf16 uses the CPU's bf16 units where present)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
+    p.add_argument("--split-categories", action="store_true",
+                   help="under torchrun with --category all: each process trains its own categories "
+                        "instead of sharing every category's batches (DistributedDataParallel)")
     p.add_argument("--dry-run", action="store_true",
                    help="train: check the dataset, configuration, device and disk, then stop")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -10,11 +10,12 @@ from typing import Any, Iterable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from models.transparency import AnomalyMaps, TransparencyProcess, anomaly_maps
 from utils.atomic import atomic_append_line, atomic_write_json, atomic_write_text
+from utils.distributed import SINGLE, Dist, gather_objects
 from utils.errors import TransFusionError
 from utils.precision import autocast
 from utils.metrics import compute_metrics, pixel_metrics, roc_curve_points
@@ -58,9 +59,15 @@ def _check_finite(maps: AnomalyMaps, paths: Iterable[str]) -> None:
 def evaluate(net: torch.nn.Module, process: TransparencyProcess, dataset: Dataset,
              device: torch.device, kernel_size: int = 7, weight: float = 0.95, batch_size: int = 8,
              workers: int = 0, visualize_dir: Path | None = None, progress: bool = True,
-             desc: str = "evaluate", amp: str = "off") -> EvalOutput:
-    """Score every test image; the numbers do not depend on ``batch_size``."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+             desc: str = "evaluate", amp: str = "off", dist: Dist = SINGLE) -> EvalOutput:
+    """Score every test image; the numbers do not depend on ``batch_size``.
+
+    With ``dist`` enabled each rank scores every world_size-th image and the results are
+    gathered (in dataset order) on every rank, so the metrics are those of one process.
+    """
+    shard = list(range(dist.rank, len(dataset), dist.world_size))  # type: ignore[arg-type]
+    part = Subset(dataset, shard) if dist.enabled else dataset
+    loader = DataLoader(part, batch_size=batch_size, shuffle=False, num_workers=workers)
     scores, labels, maps_out, masks_out, paths, defects = [], [], [], [], [], []
     start = time.perf_counter()
     net.eval()
@@ -79,9 +86,22 @@ def evaluate(net: torch.nn.Module, process: TransparencyProcess, dataset: Datase
         if visualize_dir is not None:
             _visualize_batch(visualize_dir, batch, final, maps.scores.cpu().numpy(),
                              recon.float().cpu().numpy(), process.mode)
-    out = EvalOutput(scores=np.concatenate(scores), labels=np.concatenate(labels),
-                     maps=np.concatenate(maps_out), masks=np.concatenate(masks_out),
-                     paths=paths, defects=defects)
+    if scores:
+        local = (shard, np.concatenate(scores), np.concatenate(labels), np.concatenate(maps_out),
+                 np.concatenate(masks_out), paths, defects)
+    else:  # more ranks than images: this rank scored none
+        hw = tuple(dataset[0]["mask"].shape[1:])
+        local = (shard, np.zeros(0), np.zeros(0, int), np.zeros((0, *hw)), np.zeros((0, *hw), bool), [], [])
+    parts = gather_objects(dist, local)
+    order = np.argsort(np.concatenate([np.asarray(p[0], dtype=np.int64) for p in parts]), kind="stable")
+
+    def joined(i: int) -> np.ndarray:
+        return np.concatenate([p[i] for p in parts])[order]
+
+    out = EvalOutput(scores=joined(1), labels=joined(2), maps=joined(3), masks=joined(4),
+                     paths=[x for p in parts for x in p[5]], defects=[x for p in parts for x in p[6]])
+    out.paths = [out.paths[i] for i in order]
+    out.defects = [out.defects[i] for i in order]
     out.seconds = time.perf_counter() - start
     out.metrics = compute_metrics(out.scores, out.labels)  # image-level part
     if out.masks.any() and (~out.masks).any():

@@ -29,6 +29,7 @@ from utils.atomic import atomic_torch_save
 from utils.errors import TransFusionError
 from utils.evaluation import evaluate, fmt_pct
 from utils.precision import autocast, grad_scaler, maybe_compile
+from utils.distributed import SINGLE, Dist, any_rank, barrier, gather_objects, sync_buffers
 from utils.runs import RunPaths, build_meta, save_weights, unet_config_from_args
 
 MAX_BAD_STEPS = 5  # consecutive non-finite losses before the run stops
@@ -41,6 +42,7 @@ class TrainOutcome:
     seconds: float
     last_metrics: dict[str, Any] | None
     interrupted: bool = False
+    model: torch.nn.Module | None = None  # the trained network (unwrapped)
 
 
 class _StopFlag:
@@ -79,22 +81,26 @@ def texture_source(args: Any, announce: bool = True) -> TextureSource:
 
 def _save_state(paths: RunPaths, category: str, net: torch.nn.Module, opt: torch.optim.Optimizer,
                 sched: Any, scaler: Any, gen: torch.Generator, epoch: int, batch: int, keep_last: int,
-                meta: dict[str, Any]) -> None:
-    """Training state first, then the exported weights; old states pruned last."""
-    state = {
-        "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-        "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(),
-        "scaler": scaler.state_dict(),
-        "generator": gen.get_state(),
-        "epoch": epoch,          # epochs fully done
-        "batch": batch,          # batches of epoch `epoch` already done (mid-epoch save)
-        "meta": meta,
-    }
-    atomic_torch_save(state, paths.train_state(category, epoch, batch))
-    save_weights(paths, category, net, meta)
-    for old in paths.train_states(category)[:-max(1, keep_last)]:
-        old.unlink(missing_ok=True)
+                meta: dict[str, Any], dist: Dist = SINGLE) -> None:
+    """Training state first, then the exported weights; old states pruned last. Every rank
+    calls this (their step generators differ); rank 0 alone writes."""
+    generators = gather_objects(dist, gen.get_state())
+    if dist.is_main:
+        state = {
+            "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "scaler": scaler.state_dict(),
+            "generators": generators,  # one per rank
+            "epoch": epoch,          # epochs fully done
+            "batch": batch,          # batches of epoch `epoch` already done (mid-epoch save)
+            "meta": meta,
+        }
+        atomic_torch_save(state, paths.train_state(category, epoch, batch))
+        save_weights(paths, category, net, meta)
+        for old in paths.train_states(category)[:-max(1, keep_last)]:
+            old.unlink(missing_ok=True)
+    barrier(dist)
 
 
 def _latest_state(paths: RunPaths, category: str) -> dict[str, Any] | None:
@@ -107,57 +113,84 @@ def _latest_state(paths: RunPaths, category: str) -> dict[str, Any] | None:
     return None
 
 
-def train_category(args: Any, category: str, device: torch.device, paths: RunPaths) -> TrainOutcome:
+def _foreground_masks(args: Any, category: str, paths: RunPaths, dist: Dist) -> FgMaskSource | None:
+    """Rank 0 computes (and caches) the masks first; the other ranks then read the cache."""
+    if args.mode != "rgb":
+        return None  # depth modes use the depth plane mask, made by the dataset
+    train_paths = find_train_images(args.dataset, args.data_path, category)
+    fg = None
+    for turn in (True, False):
+        if dist.is_main == turn:
+            fg = FgMaskSource.for_category(args.dataset, category, train_paths, args.img_size,
+                                           args.fg_mask_path, not args.no_fg_masks,
+                                           paths.fg_mask_cache(category))
+        barrier(dist)
+    return fg
+
+
+def train_category(args: Any, category: str, device: torch.device, paths: RunPaths,
+                   dist: Dist = SINGLE) -> TrainOutcome:
+    """Train one category; with ``dist`` enabled, as one rank of DistributedDataParallel."""
     cfg = unet_config_from_args(args)
     process = TransparencyProcess(args.diffusion_num_steps, args.mode)
-    progress = not args.quiet
+    progress = not args.quiet and dist.is_main
+    log = print if dist.is_main else (lambda *a, **k: None)
 
-    fg = None
-    if args.mode == "rgb":
-        train_paths = find_train_images(args.dataset, args.data_path, category)
-        fg = FgMaskSource.for_category(args.dataset, category, train_paths, args.img_size,
-                                       args.fg_mask_path, not args.no_fg_masks,
-                                       paths.fg_mask_cache(category))
+    fg = _foreground_masks(args, category, paths, dist)
     train_set = TrainDataset(args.dataset, args.data_path, category, args.mode, args.img_size,
                              fg_masks=fg)
     depth_norm = getattr(train_set, "depth_norm", None)
     textures = texture_source(args, announce=False) if args.mode != "d" else None
     synthesizer = AnomalySynthesizer(args.mode, args.img_size, textures)
-    loader = make_train_loader(train_set, synthesizer, args.bs, args.seed, args.workers)
+    loader = make_train_loader(train_set, synthesizer, args.bs, args.seed, args.workers,
+                               rank=dist.rank, world_size=dist.world_size)
 
     test_set = None
     if args.eval_epoch_num > 0 and find_test_samples(args.dataset, args.data_path, category):
         test_set = TestDataset(args.dataset, args.data_path, category, args.mode, args.img_size,
                                depth_norm=depth_norm)
 
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seed)  # the same initial weights on every rank
     net = TransFusionUNet(cfg).to(device)
-    forward = maybe_compile(net, args.compile)
     scaler = grad_scaler(device, args.amp)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=args.step_size, gamma=args.gamma)
-    gen = torch.Generator().manual_seed(args.seed)
+    # t and rotation draws: rank 0 uses the seed itself, so one process matches plain training
+    gen = torch.Generator().manual_seed(args.seed + dist.rank)
     start_epoch, start_batch = 0, 0
 
     if args.resume:
         state = _latest_state(paths, category)
         if state is None:
-            print(f"[{category}] --resume: no saved training state in {paths.models}, starting afresh")
+            log(f"[{category}] --resume: no saved training state in {paths.models}, starting afresh")
         else:
+            gens = state["generators"]
+            if len(gens) != dist.world_size:
+                raise TransFusionError(
+                    f"the training state in {paths.models} was saved by {len(gens)} process(es); "
+                    f"resume it with the same number (torchrun --nproc-per-node {len(gens)})")
             net.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
             if state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
-            gen.set_state(state["generator"])
+            gen.set_state(gens[dist.rank])
             start_epoch, start_batch = int(state["epoch"]), int(state["batch"])
-            print(f"[{category}] resuming at epoch {start_epoch + 1}"
-                  + (f", batch {start_batch + 1}" if start_batch else ""))
+            log(f"[{category}] resuming at epoch {start_epoch + 1}"
+                + (f", batch {start_batch + 1}" if start_batch else ""))
     if start_epoch >= args.epoch_num:
-        print(f"[{category}] already trained for {start_epoch} epochs (--epoch-num {args.epoch_num})")
+        log(f"[{category}] already trained for {start_epoch} epochs (--epoch-num {args.epoch_num})")
         return TrainOutcome(category, start_epoch, 0.0, None)
 
-    writer = SummaryWriter(str(paths.tensorboard(category)))
+    trained = net
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        trained = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    forward = maybe_compile(trained, args.compile)
+    evaluator = maybe_compile(net, args.compile) if dist.enabled else forward
+
+    writer = SummaryWriter(str(paths.tensorboard(category))) if dist.is_main else None
     meta = build_meta(cfg, args, start_epoch, depth_norm)
     steps_per_epoch = len(loader)
     global_step = start_epoch * steps_per_epoch + start_batch
@@ -181,12 +214,14 @@ def train_category(args: Any, category: str, device: torch.device, paths: RunPat
                     eps_hat, x0_hat, logits = forward(torch.cat((ti.x_t, ti.mask_c), 1), ti.t)
                 terms = transfusion_loss(process, ti.x_t, ti.t, ti.x0, ti.eps, ti.mask,
                                          eps_hat.float(), x0_hat.float(), logits.float())
-                if not torch.isfinite(terms.total):
+                if any_rank(dist, not bool(torch.isfinite(terms.total)), device):
+                    # every rank skips together, or DDP's gradient all-reduce would hang
                     bad_in_a_row += 1
-                    print(f"[{category}] warning: non-finite loss at epoch {epoch + 1}, batch {b + 1} "
+                    log(f"[{category}] warning: non-finite loss at epoch {epoch + 1}, batch {b + 1} "
                           f"({terms.as_dict()}); step skipped")
                     if bad_in_a_row >= MAX_BAD_STEPS:
-                        writer.close()
+                        if writer:
+                            writer.close()
                         raise TransFusionError(
                             f"{MAX_BAD_STEPS} non-finite losses in a row in category {category}: "
                             f"stopped; the last good checkpoint is in {paths.models} "
@@ -203,32 +238,40 @@ def train_category(args: Any, category: str, device: torch.device, paths: RunPat
                 for k, v in terms.as_dict().items():
                     sums[k] = sums.get(k, 0.0) + v
                 bar.set_postfix(loss=f"{terms.total.item():.4f}")
-                if stop.requested:
+                if any_rank(dist, stop.requested, device):
+                    sync_buffers(net, dist)
                     meta.update(epoch=epoch)
-                    _save_state(paths, category, net, opt, sched, scaler, gen, epoch, b + 1, args.keep_last, meta)
-                    writer.close()
-                    print(f"[{category}] stopped; checkpoint saved. Continue with --resume.")
-                    return TrainOutcome(category, epoch, time.perf_counter() - t0, last_metrics, True)
+                    _save_state(paths, category, net, opt, sched, scaler, gen, epoch, b + 1,
+                                args.keep_last, meta, dist)
+                    if writer:
+                        writer.close()
+                    log(f"[{category}] stopped; checkpoint saved. Continue with --resume.")
+                    return TrainOutcome(category, epoch, time.perf_counter() - t0, last_metrics, True, net)
             start_batch = 0
+            sync_buffers(net, dist)
             sched.step()
             done = epoch + 1
-            for k, v in sums.items():
-                writer.add_scalar(f"loss/{k}", v / max(1, n_done), done)
-            writer.add_scalar("lr", opt.param_groups[0]["lr"], done)
+            if writer:
+                for k, v in sums.items():
+                    writer.add_scalar(f"loss/{k}", v / max(1, n_done), done)
+                writer.add_scalar("lr", opt.param_groups[0]["lr"], done)
             if progress and n_done:
                 tqdm.write(f"[{category}] epoch {done}: loss {sums['total'] / n_done:.4f}")
             meta.update(epoch=done)
             if done % args.save_every == 0 or done == args.epoch_num:
-                _save_state(paths, category, net, opt, sched, scaler, gen, done, 0, args.keep_last, meta)
+                _save_state(paths, category, net, opt, sched, scaler, gen, done, 0, args.keep_last, meta, dist)
             if test_set is not None and (done % args.eval_epoch_num == 0 or done == args.epoch_num):
-                out = evaluate(forward, process, test_set, device, args.eval_kernel_size, args.eval_w,
+                out = evaluate(evaluator, process, test_set, device, args.eval_kernel_size, args.eval_w,
                                args.eval_bs, 0, progress=progress, desc=f"[{category}] evaluate",
-                               amp=args.amp)
+                               amp=args.amp, dist=dist)
                 last_metrics = out.metrics
-                for k, v in out.metrics.items():
-                    if isinstance(v, float):
-                        writer.add_scalar(f"eval/{k}", v, done)
-                tqdm.write(f"[{category}] epoch {done}: image AUROC {fmt_pct(out.metrics['image_auroc'])}, "
+                if writer:
+                    for k, v in out.metrics.items():
+                        if isinstance(v, float):
+                            writer.add_scalar(f"eval/{k}", v, done)
+                if dist.is_main:
+                    tqdm.write(f"[{category}] epoch {done}: image AUROC {fmt_pct(out.metrics['image_auroc'])}, "
                            f"AUPRO {fmt_pct(out.metrics['aupro'])}")
-    writer.close()
-    return TrainOutcome(category, args.epoch_num, time.perf_counter() - t0, last_metrics)
+    if writer:
+        writer.close()
+    return TrainOutcome(category, args.epoch_num, time.perf_counter() - t0, last_metrics, model=net)

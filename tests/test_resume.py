@@ -1,0 +1,89 @@
+"""A run killed at any moment continues, with --resume, exactly as if it had never stopped."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.layouts import make_mvtec
+from tests.test_cli import TINY, run
+
+REPO = Path(__file__).resolve().parents[1]
+EPOCHS = "4"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_mvtec(tmp_path_factory.mktemp("mvtec"), n_train=12, n_test_good=1, defects=("crack",),
+                      n_per_defect=1, size=32)
+
+
+def common(data: Path, logs: Path) -> list[str]:
+    return ["-d", str(data), "--category", "bottle", "--log-path", str(logs), "--save-every", "1",
+            "--epoch-num", EPOCHS, *TINY]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data, tmp_path_factory) -> dict[str, torch.Tensor]:
+    logs = tmp_path_factory.mktemp("ref")
+    run("-c", "train", "-r", "ref", *common(data, logs))
+    return torch.load(logs / "ref" / "models" / "bottle_model.pkl", weights_only=True)
+
+
+def start_and_stop(data: Path, logs: Path, sig: int) -> subprocess.Popen:
+    """Start training; send `sig` once the first checkpoint exists (so mid-way through epoch 2)."""
+    proc = subprocess.Popen([sys.executable, str(REPO / "Experiment.py"), "-c", "train", "-r", "k",
+                             *common(data, logs)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    models = logs / "k" / "models"
+    deadline = time.time() + 300
+    while not list(models.glob("bottle_state_e00001_*.pt")):
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    proc.wait(timeout=300)
+    return proc
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(data, tmp_path, uninterrupted):
+    proc = start_and_stop(data, tmp_path, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL
+    # nothing half-written is left where a reader would take it for a checkpoint
+    models = tmp_path / "k" / "models"
+    assert all(not p.name.endswith(".pt") or p.name.startswith("bottle_state_e") for p in models.iterdir())
+    out = run("-c", "train", "-r", "k", "--resume", *common(data, tmp_path))
+    assert "resuming at epoch" in out.stdout
+    assert_same_weights(torch.load(models / "bottle_model.pkl", weights_only=True), uninterrupted)
+
+
+def test_ctrl_c_saves_mid_epoch_and_resume_matches(data, tmp_path, uninterrupted):
+    proc = start_and_stop(data, tmp_path, signal.SIGINT)
+    text = proc.stdout.read()
+    assert proc.returncode == 0, text
+    assert "checkpoint saved" in text
+    out = run("-c", "train", "-r", "k", "--resume", *common(data, tmp_path))
+    assert "resuming at epoch" in out.stdout
+    models = tmp_path / "k" / "models"
+    assert_same_weights(torch.load(models / "bottle_model.pkl", weights_only=True), uninterrupted)
+
+
+def test_damaged_newest_state_falls_back_to_an_older_one(data, tmp_path, uninterrupted):
+    run("-c", "train", "-r", "k", *common(data, tmp_path), "--epoch-num", "2", "--keep-last", "2")
+    models = tmp_path / "k" / "models"
+    newest = sorted(models.glob("bottle_state_*.pt"))[-1]
+    newest.write_bytes(newest.read_bytes()[:1000])  # truncated, as after a crash mid-copy
+    out = run("-c", "train", "-r", "k", "--resume", *common(data, tmp_path))
+    assert "unreadable" in out.stdout and "resuming at epoch 2" in out.stdout
+    assert_same_weights(torch.load(models / "bottle_model.pkl", weights_only=True), uninterrupted)
