@@ -425,7 +425,7 @@ def validate_against_model(state_dict: Mapping[str, torch.Tensor], model: torch.
                                        f"{_fmt_shape(expected[k])}"))
     raise TransFusionError(
         f"{path} does not fit the network: " + "; ".join(parts) + "; check --mode and "
-        f"--unet-channel-num, or re-download the file with scripts/download_weights.py")
+        "--unet-channel-num, or re-download the file with scripts/download_weights.py")
 
 
 def count_parameters(shapes: Mapping[str, tuple[int, ...]]) -> int:

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,7 +28,8 @@ def pick_device(name: str | None) -> torch.device:
     return device
 
 
-def run_train(args: argparse.Namespace) -> dict[str, Any]:
+def run_train(args: argparse.Namespace, categories: list[str] | None = None) -> dict[str, Any]:
+    """Train every category of ``--category`` (or the given list) in turn."""
     from utils.preflight import check_run_folder, checkpoint_bytes, dry_run, parameter_count
     from utils.training import texture_source, train_category
 
@@ -41,7 +40,8 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
                 dry_run(args, device)
             return {}
         paths = RunPaths(args.log_path, args.run_name)
-        categories = resolve_categories(args.dataset, args.data_path, args.category)
+        if categories is None:
+            categories = resolve_categories(args.dataset, args.data_path, args.category)
         if dist.is_main:
             check_run_folder(paths, checkpoint_bytes(parameter_count(args), args.keep_last))
             if args.mode != "d":

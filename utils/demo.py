@@ -31,7 +31,7 @@ DEMO_SETTINGS: dict[str, Any] = {
     "unet_attn": [False, False, True],
     "unet_group_conv": [True, True, True],
     "unet_n_blocks": 1,
-    "epoch_num": 30,
+    "epoch_num": 20,
     "lr": 2e-4,
     "bs": 8,
     "step_size": 1000,
@@ -72,11 +72,9 @@ def demo(args: argparse.Namespace, device: torch.device) -> dict[str, dict[str, 
         for cat in categories:
             for p in paths.train_states(cat):
                 p.unlink()
-    for cat in categories:
-        dargs.category = cat
-        outcome = run_train(dargs)[cat]
-        if outcome.interrupted:
-            return {}
+    outcomes = run_train(dargs, categories)
+    if any(o.interrupted for o in outcomes.values()):
+        return {}
     rows = test_categories(dargs, categories, paths, device)
 
     figure = _qualitative_figure(paths, categories)
