@@ -9,7 +9,7 @@ import torch
 from data.datasets import TestDataset, TrainDataset, find_test_samples, resolve_categories
 from models.transparency import TransparencyProcess
 from utils.errors import TransFusionError
-from utils.evaluation import (append_output_csv, avg_line, evaluate, fmt_pct, markdown_table,
+from utils.evaluation import (append_output_csv, avg_line, evaluate, fmt_pct, heat_map_range, markdown_table,
                               write_results)
 from utils.distributed import SINGLE, Dist, barrier, init_distributed, shutdown
 from utils.precision import maybe_compile
@@ -103,7 +103,7 @@ def test_categories(args: argparse.Namespace, categories: list[str], paths: RunP
         })
         if out.metrics.get("image_f1_threshold") is not None:
             update_meta(paths, cat, f1_threshold=out.metrics["image_f1_threshold"],
-                        score_range=[float(out.scores.min()), float(out.scores.max())])
+                        map_range=list(heat_map_range(out.maps)))
         append_output_csv(paths.output_csv, args.run_name, cat, meta.get("epoch", "released"), out.metrics)
         print(f"[{cat}] image AUROC {fmt_pct(out.metrics['image_auroc'])}, AUPRO {fmt_pct(out.metrics['aupro'])}, "
               f"{out.seconds / max(1, len(out.scores)):.2f} s/image; results in {results}")

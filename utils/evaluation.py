@@ -69,6 +69,7 @@ def evaluate(net: torch.nn.Module, process: TransparencyProcess, dataset: Datase
     part = Subset(dataset, shard) if dist.enabled else dataset
     loader = DataLoader(part, batch_size=batch_size, shuffle=False, num_workers=workers)
     scores, labels, maps_out, masks_out, paths, defects = [], [], [], [], [], []
+    pictures: list[tuple[dict[str, Any], np.ndarray]] = []  # (batch, reconstructions) to draw
     start = time.perf_counter()
     net.eval()
     for batch in tqdm(loader, desc=desc, disable=not progress, unit="batch", leave=False):
@@ -84,8 +85,7 @@ def evaluate(net: torch.nn.Module, process: TransparencyProcess, dataset: Datase
         paths.extend(batch["path"])
         defects.extend(batch["defect"])
         if visualize_dir is not None:
-            _visualize_batch(visualize_dir, batch, final, maps.scores.cpu().numpy(),
-                             recon.float().cpu().numpy(), process.mode)
+            pictures.append((batch, recon.float().cpu().numpy()))
     if scores:
         local = (shard, np.concatenate(scores), np.concatenate(labels), np.concatenate(maps_out),
                  np.concatenate(masks_out), paths, defects)
@@ -103,6 +103,12 @@ def evaluate(net: torch.nn.Module, process: TransparencyProcess, dataset: Datase
     out.paths = [out.paths[i] for i in order]
     out.defects = [out.defects[i] for i in order]
     out.seconds = time.perf_counter() - start
+    if visualize_dir is not None:
+        rng = heat_map_range(out.maps)
+        at = {p: i for i, p in enumerate(out.paths)}
+        for batch, recon in pictures:
+            idx = [at[p] for p in batch["path"]]
+            _visualize_batch(visualize_dir, batch, out.maps[idx], out.scores[idx], recon, process.mode, rng)
     out.metrics = compute_metrics(out.scores, out.labels)  # image-level part
     if out.masks.any() and (~out.masks).any():
         pixel = pixel_metrics(out.maps, out.masks)  # one sort for pixel AUROC, AUPRO and the curve
@@ -113,8 +119,14 @@ def evaluate(net: torch.nn.Module, process: TransparencyProcess, dataset: Datase
     return out
 
 
+def heat_map_range(maps: np.ndarray) -> tuple[float, float]:
+    """One heat-map scale per category, so panels compare: from the median value (the typical
+    normal surface: blue) to the largest (red). Each rank draws its own shard with it."""
+    return float(np.median(maps)), float(maps.max())
+
+
 def _visualize_batch(folder: Path, batch: dict[str, Any], final: np.ndarray, scores: np.ndarray,
-                     recon: np.ndarray, mode: str) -> None:
+                     recon: np.ndarray, mode: str, map_range: tuple[float, float]) -> None:
     from utils.visualize import save_panel
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -123,7 +135,7 @@ def _visualize_batch(folder: Path, batch: dict[str, Any], final: np.ndarray, sco
         name = f"{defect}_{Path(path).stem}.png"
         gt = batch["mask"][i, 0].numpy() if int(batch["label"][i]) else None
         save_panel(folder / name, batch["image"][i].float().numpy(), final[i], gt, recon[i], mode,
-                   score=float(scores[i]), title=f"{defect}/{Path(path).name}")
+                   score=float(scores[i]), title=f"{defect}/{Path(path).name}", map_range=map_range)
 
 
 def fmt_pct(value: float | None) -> str:

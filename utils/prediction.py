@@ -81,6 +81,7 @@ def predict(args: argparse.Namespace, device: torch.device) -> list[dict[str, An
     if threshold is None:
         print(f"note: no --threshold and no stored threshold for {category} (run -c test to store the "
               f"F1-max one): printing scores only")
+    map_range = tuple(meta.get("map_range") or (0.0, 1.0))  # the test set's, so pictures compare
     process = TransparencyProcess(int(meta.get("diffusion_num_steps") or args.diffusion_num_steps), mode)
     out_dir = paths.root / "predictions" / category
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -105,7 +106,7 @@ def predict(args: argparse.Namespace, device: torch.device) -> list[dict[str, An
             heat = out_dir / f"{len(records):05d}_{p.stem}.png"
             save_panel(heat, images[i].float().cpu().numpy(), maps.final[i].cpu().numpy(), None,
                        recon[i].float().cpu().numpy(), mode, score=score,
-                       title=f"{p.name}: {decision or 'score'}")
+                       title=f"{p.name}: {decision or 'score'}", map_range=map_range)
             records.append({"path": str(p), "score": score, "decision": decision,
                             "threshold": threshold, "heatmap": str(heat)})
             print(f"{score:.6f}  {decision or '':6s}  {p}")

@@ -93,13 +93,17 @@ def _depth_to_bgr(depth: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return coloured
 
 
-def _heat_overlay(base: np.ndarray, anomaly_map: np.ndarray) -> np.ndarray:
-    """JET heat-map of the map on a FIXED 0..1 scale, blended half-and-half over base.
+def _heat_overlay(base: np.ndarray, anomaly_map: np.ndarray,
+                  map_range: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
+    """JET heat-map of the map on a FIXED scale, blended half-and-half over base.
 
     A fixed scale (not per-image min-max) keeps panels of different samples
-    comparable: a normal image stays blue.
+    comparable: a normal image stays blue. The evaluation passes one range per
+    category (its maps' minimum to maximum), the default is 0..1.
     """
-    levels = np.clip(np.nan_to_num(anomaly_map.astype(np.float32)), 0, 1) * 255
+    lo, hi = float(map_range[0]), float(map_range[1])
+    span = hi - lo if hi > lo else 1.0
+    levels = np.clip((np.nan_to_num(anomaly_map.astype(np.float32)) - lo) / span, 0, 1) * 255
     heat = cv2.applyColorMap(levels.round().astype(np.uint8), cv2.COLORMAP_JET)
     return cv2.addWeighted(base, 0.5, heat, 0.5, 0)
 
@@ -135,12 +139,13 @@ def render_panel(
     mode: str,
     score: float | None = None,
     title: str | None = None,
+    map_range: tuple[float, float] = (0.0, 1.0),
 ) -> np.ndarray:
     """One BGR picture: input | ground truth | heat-map overlay | reconstruction [| depth panels].
 
     image, reconstruction: float [C,H,W] in the model's space (C = 3 rgb,
-    1 d, 4 rgbd). anomaly_map: [H,W] (or [1,H,W]), drawn on a fixed 0..1
-    scale. gt_mask: [H,W] or None (a black panel, captioned as missing).
+    1 d, 4 rgbd). anomaly_map: [H,W] (or [1,H,W]), drawn on the fixed scale
+    map_range (default 0..1). gt_mask: [H,W] or None (a black panel, captioned as missing).
     d: the input and reconstruction panels show depth colour-mapped with
     one range, and the overlay is drawn on the depth in grey. rgbd: the rgb
     panels, then depth input and depth reconstruction.
@@ -168,6 +173,7 @@ def render_panel(
         gt = np.repeat(np.where(g > 0.5, 255, 0).astype(np.uint8)[..., None], 3, axis=2)
         gt_name = "ground truth"
 
+    heat_name = f"anomaly map ({map_range[0]:.3g}..{map_range[1]:.3g})"
     depth_panels: list[tuple[np.ndarray, str]] = []
     if mode in ("d", "rgbd"):
         depth_in, depth_rec = image[-1], reconstruction[-1]
@@ -178,11 +184,11 @@ def render_panel(
         grey = _depth_to_uint8(depth_in, lo, hi)
         base = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
         panels = [depth_panels[0], (gt, gt_name),
-                  (_heat_overlay(base, amap), "anomaly map (0..1)"), depth_panels[1]]
+                  (_heat_overlay(base, amap, map_range), heat_name), depth_panels[1]]
     else:
         rgb_in = _rgb_to_bgr8(image[:3])
         panels = [(rgb_in, "input"), (gt, gt_name),
-                  (_heat_overlay(rgb_in, amap), "anomaly map (0..1)"),
+                  (_heat_overlay(rgb_in, amap, map_range), heat_name),
                   (_rgb_to_bgr8(reconstruction[:3]), "reconstruction")] + depth_panels
 
     # Nearest-neighbour upscaling keeps pixels honest and makes room for text.
@@ -211,9 +217,11 @@ def save_panel(
     mode: str,
     score: float | None = None,
     title: str | None = None,
+    map_range: tuple[float, float] = (0.0, 1.0),
 ) -> None:
     """Write render_panel(...) as a PNG at path."""
-    _write_png(path, render_panel(image, anomaly_map, gt_mask, reconstruction, mode, score, title))
+    _write_png(path, render_panel(image, anomaly_map, gt_mask, reconstruction, mode, score, title,
+                                  map_range))
 
 
 # ---------------------------------------------------------------------------
