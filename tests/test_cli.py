@@ -105,3 +105,15 @@ def test_bad_input_gives_one_line_error(argv, needle, tmp_path):
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_trains_and_tests(data, tmp_path, amp):
+    common = ["-d", str(data), "-ds", "mvtec", "--category", "bottle", "--log-path", str(tmp_path),
+              "--amp", amp, *TINY]
+    run("-c", "train", "-r", amp, "--epoch-num", "1", *common)
+    last = run("-c", "test", "-r", amp, *common).stdout.strip().splitlines()[-1]
+    auroc, aupro = (float(v.split(": ")[1]) for v in last.split(", "))
+    assert 0 <= auroc <= 100 and 0 <= aupro <= 100
+    sd = torch.load(tmp_path / amp / "models" / "bottle_model.pkl", weights_only=True)
+    assert all(v.dtype in (torch.float32, torch.int64) for v in sd.values())  # saved in float32
