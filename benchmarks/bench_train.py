@@ -1,0 +1,233 @@
+"""One training step (forward + transfusion_loss + backward + AdamW step), current vs baseline attention.
+
+    python benchmarks/bench_train.py                     # 256 px, batch 8, 1 warm-up + 2 timed steps
+    python benchmarks/bench_train.py --quick             # 64 px, batch 8, 1 warm-up + 3 timed steps
+    python benchmarks/bench_train.py --size 128 --bs 4 --repeats 3
+    python benchmarks/bench_train.py --variants current baseline channels_last
+
+Network: the default rgb TransFusionUNet (n_channels 64, ch_mults 1 2 2 2, attention at the two
+lowest levels + middle), random weights (seed 0), float32, train mode, AdamW (lr 1e-5).
+Input: a fixed synthetic batch (x0 ~ U(-1, 1); the first half of the batch carries a disc
+anomaly M with ε = M·U(-1, 1) and a slightly shifted disc as M_c; t drawn with seed 3); the
+same batch every step, prepared outside the timed region.
+
+Variants, each in its own fresh subprocess (so its peak memory is its own):
+- ``current``        models/unet.py as is (F.scaled_dot_product_attention)
+- ``baseline``       benchmarks/baseline_original.py: the original's einsum attention
+- ``channels_last``  current code with weights and input in torch.channels_last
+
+Peak memory is VmHWM from /proc/self/status of the subprocess (the RSS high-water mark of
+its own address space); getrusage's ru_maxrss inherits the parent's RSS at exec on Linux,
+see bench_eval.py. Before timing, a small in-process check compares the losses and the
+gradients of current and baseline (64 px, batch 2).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics as st
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+from bench_eval import cpu_name, loadavg, proc_status_kib  # noqa: E402
+
+VARIANTS = ("current", "baseline", "channels_last")
+STEPS = 20
+
+
+def make_batch(size: int, bs: int, seed: int = 3):
+    """(process, x_t, t, x0, eps, mask, mask_c) — a fixed synthetic training batch."""
+    import torch
+    from models.transparency import TransparencyProcess
+
+    process = TransparencyProcess(STEPS, "rgb")
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.rand(bs, 3, size, size, generator=g) * 2 - 1
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    mask = torch.zeros(bs, 1, size, size)
+    mask_c = torch.zeros(bs, 1, size, size)
+    for i in range(max(1, bs // 2)):
+        cy, cx = (torch.rand(2, generator=g) * size * 0.6 + size * 0.2).tolist()
+        r = size * (0.08 + 0.1 * float(torch.rand(1, generator=g)))
+        mask[i, 0] = (((yy - cy) ** 2 + (xx - cx) ** 2) <= r * r).float()
+        mask_c[i, 0] = (((yy - cy - 2) ** 2 + (xx - cx + 2) ** 2) <= (0.75 * r) ** 2).float()
+    eps = mask * (torch.rand(bs, 3, size, size, generator=g) * 2 - 1)
+    t = process.sample_t(bs, g)
+    x_t = process.q_sample(x0, eps, mask, t)
+    mask_c = mask_c * (t != STEPS - 1).float().view(-1, 1, 1, 1)
+    return process, x_t, t, x0, eps, mask, mask_c
+
+
+def build_net(variant: str, n_channels: int):
+    import torch
+    from baseline_original import make_baseline
+    from models.unet import TransFusionUNet, UNetConfig
+
+    torch.manual_seed(0)
+    net = TransFusionUNet(UNetConfig(n_channels=n_channels)).train()
+    if variant == "baseline":
+        net = make_baseline(net, inplace=True)
+    elif variant == "channels_last":
+        net = net.to(memory_format=torch.channels_last)
+    return net
+
+
+def train_step(net, opt, batch, channels_last: bool = False):
+    import torch
+    from models.losses import transfusion_loss
+
+    process, x_t, t, x0, eps, mask, mask_c = batch
+    inp = torch.cat((x_t, mask_c), 1)
+    if channels_last:
+        inp = inp.contiguous(memory_format=torch.channels_last)
+    opt.zero_grad(set_to_none=True)
+    eps_hat, x0_hat, logits = net(inp, t)
+    terms = transfusion_loss(process, x_t, t, x0, eps, mask, eps_hat, x0_hat, logits)
+    terms.total.backward()
+    opt.step()
+    return terms
+
+
+def worker(args: argparse.Namespace) -> None:
+    import torch
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    net = build_net(args.variant, args.n_channels)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-5)
+    batch = make_batch(args.size, args.bs)
+    rss_ready = proc_status_kib("VmRSS")
+    load0 = loadavg()
+    cl = args.variant == "channels_last"
+    t0 = time.perf_counter()
+    losses = [float(train_step(net, opt, batch, cl).total.detach())]
+    warm = time.perf_counter() - t0
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        terms = train_step(net, opt, batch, cl)
+        times.append(time.perf_counter() - t0)
+        losses.append(float(terms.total.detach()))
+    print(json.dumps({"times": times, "warmup": warm, "losses": losses, "rss_ready_kib": rss_ready,
+                      "vmhwm_kib": proc_status_kib("VmHWM"), "load": [load0, loadavg()],
+                      "threads": torch.get_num_threads()}))
+
+
+def check_agreement(size: int = 64, bs: int = 2, n_channels: int = 32) -> dict[str, float]:
+    """Losses and gradients of one step, current vs baseline, same weights and batch."""
+    import torch
+    from models.losses import transfusion_loss
+
+    batch = make_batch(size, bs)
+    process, x_t, t, x0, eps, mask, mask_c = batch
+    out, grads = {}, []
+    for v in ("current", "baseline"):
+        net = build_net(v, n_channels)
+        eps_hat, x0_hat, logits = net(torch.cat((x_t, mask_c), 1), t)
+        terms = transfusion_loss(process, x_t, t, x0, eps, mask, eps_hat, x0_hat, logits)
+        terms.total.backward()
+        out[v] = terms.as_dict()
+        grads.append({k: p.grad.detach().clone() for k, p in net.named_parameters() if p.grad is not None})
+    loss_rel = max(abs(out["current"][k] - out["baseline"][k]) / max(abs(out["baseline"][k]), 1e-12)
+                   for k in out["current"])
+    gmax = max(float((grads[0][k] - grads[1][k]).abs().max()) for k in grads[1])
+    gscale = max(float(g.abs().max()) for g in grads[1].values())
+    print(f"check ({size} px, batch {bs}, n_channels {n_channels}): loss terms max rel |Δ| {loss_rel:.2e}, "
+          f"gradients max |Δ| {gmax:.2e} (largest |grad| {gscale:.2e})")
+    if not (loss_rel <= 1e-4 and gmax <= 1e-4 * max(1.0, gscale)):
+        raise AssertionError("current and baseline training steps disagree beyond 1e-4")
+    return {"loss_rel": loss_rel, "grad_abs": gmax}
+
+
+def run_worker(args: argparse.Namespace, variant: str) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--variant", variant,
+           "--size", str(args.size), "--bs", str(args.bs), "--repeats", str(args.repeats),
+           "--n-channels", str(args.n_channels), "--threads", str(args.threads)]
+    env = dict(os.environ)
+    if args.omp == "passive":
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(ROOT), env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker {variant} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--bs", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=2, help="timed steps after one warm-up step")
+    p.add_argument("--quick", action="store_true", help="64 px, 3 timed steps")
+    p.add_argument("--variants", nargs="+", default=["current", "baseline"], choices=VARIANTS)
+    p.add_argument("--n-channels", type=int, default=64)
+    p.add_argument("--threads", type=int, default=0, help="torch threads in workers (0: torch default)")
+    p.add_argument("--omp", choices=["passive", "default"], default="passive",
+                   help="workers' OMP_WAIT_POLICY: passive (default here: libgomp's spinning threads "
+                        "slow down 3-25x whenever another process holds a core of this shared "
+                        "machine) or libgomp's default")
+    p.add_argument("--no-check", action="store_true")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--variant", default="current", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    if args.omp == "passive":  # before torch (and libgomp) load in this process too
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    if args.quick:
+        args.size, args.repeats = 64, 3
+
+    import torch
+    start = time.perf_counter()
+    variants = list(dict.fromkeys(["current", "baseline"] + args.variants))
+    print(f"# bench_train  {time.strftime('%Y-%m-%d %H:%M')}  {cpu_name()}, {os.cpu_count()} CPUs, "
+          f"torch {torch.__version__}, {args.threads or torch.get_num_threads()} threads, OMP_WAIT_POLICY "
+          f"{os.environ.get('OMP_WAIT_POLICY', '(unset)')}, "
+          f"load average {loadavg():.2f}")
+    print(f"# one step = forward + transfusion_loss + backward + AdamW; {args.size} px, batch {args.bs}, "
+          f"n_channels {args.n_channels}, float32; 1 warm-up + {args.repeats} timed steps per variant")
+    if not args.no_check:
+        check_agreement()
+    res = {}
+    for v in variants:
+        res[v] = run_worker(args, v)
+        o = res[v]
+        print(f"  {v:13s} warm-up {o['warmup']:.2f} s, steps " + " ".join(f"{x:.2f}" for x in o["times"])
+              + f" s, peak {o['vmhwm_kib'] / 1024:.0f} MiB, load {o['load'][0]:.1f}-{o['load'][1]:.1f}, "
+              f"losses " + " ".join(f"{x:.5f}" for x in o["losses"]), flush=True)
+
+    cur = res["current"]
+    cur_med, cur_peak = st.median(cur["times"]), cur["vmhwm_kib"]
+    cur_work = cur["vmhwm_kib"] - cur["rss_ready_kib"]
+    hdr = ("| size | batch | variant | timed steps | s/step median | min | max | time/current (median) "
+           "| time/current (best) | peak RSS MiB | peak/current | peak - ready MiB | (peak - ready)/current "
+           "| first-step loss |")
+    print()
+    print(hdr)
+    print("|" + "---|" * (hdr.count("|") - 1))
+    for v in variants:
+        o = res[v]
+        med = st.median(o["times"])
+        work = o["vmhwm_kib"] - o["rss_ready_kib"]
+        print(f"| {args.size} | {args.bs} | {v} | {len(o['times'])} | {med:.2f} | {min(o['times']):.2f} "
+              f"| {max(o['times']):.2f} | {med / cur_med:.2f} | {min(o['times']) / min(cur['times']):.2f} "
+              f"| {o['vmhwm_kib'] / 1024:.0f} | {o['vmhwm_kib'] / cur_peak:.2f} | {work / 1024:.0f} "
+              f"| {work / cur_work:.2f} | {o['losses'][0]:.6f} |")
+    base = res["baseline"]
+    print()
+    print(f"ratios current/baseline: time {cur_med / st.median(base['times']):.2f} (median), "
+          f"{min(cur['times']) / min(base['times']):.2f} (best); "
+          f"peak RSS {cur_peak / base['vmhwm_kib']:.2f}; "
+          f"peak - ready {cur_work / (base['vmhwm_kib'] - base['rss_ready_kib']):.2f}. "
+          f"Total wall {time.perf_counter() - start:.0f} s.")
+
+
+if __name__ == "__main__":
+    main()
