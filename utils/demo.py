@@ -31,7 +31,7 @@ DEMO_SETTINGS: dict[str, Any] = {
     "unet_attn": [False, False, True],
     "unet_group_conv": [True, True, True],
     "unet_n_blocks": 1,
-    "epoch_num": 20,
+    "epoch_num": 50,
     "lr": 2e-4,
     "bs": 8,
     "step_size": 1000,
