@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.signal import convolve2d  # at import, so that no timed pass pays for it
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,8 +106,6 @@ def baseline_reverse(net: nn.Module, process: TransparencyProcess, image: torch.
 def baseline_anomaly_maps(image: torch.Tensor, result: ReverseResult, mode: str,
                           kernel_size: int = 7, weight: float = 0.95) -> AnomalyMaps:
     """The original's post-processing, one image at a time in numpy (scipy convolve2d)."""
-    from scipy.signal import convolve2d
-
     r = rgb_channels(mode)
     kern = np.ones((kernel_size, kernel_size)) / kernel_size ** 2
     finals, scores, discs, recons = [], [], [], []

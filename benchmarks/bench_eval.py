@@ -42,6 +42,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics as st
 import subprocess
 import sys
@@ -324,6 +325,7 @@ def main() -> None:
                         "slow down 3-25x whenever another process holds a core of this shared "
                         "machine) or libgomp's default")
     p.add_argument("--no-check", action="store_true", help="skip the small baseline-vs-current check")
+    p.add_argument("--json", default=None, help="also write every worker's raw result to this file")
     # worker mode
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--variant", default="current", help=argparse.SUPPRESS)
@@ -397,6 +399,12 @@ def main() -> None:
                       + f" s  (peak {out['vmhwm_kib'] / 1024:.0f} MiB, load {out['load'][0]:.1f})",
                       flush=True)
     mm_end = matmul_gflops()
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"args": vars(args), "matmul_gflops": mm_start + [None] + mm_end, "flops_gflop": flops,
+             "forward_diffs": fdiff,
+             "runs": [{"size": c[0], "batch": c[1], "variant": v, "results": r} for (c, v), r in res.items()]},
+            indent=1))
     mm_all = mm_start + mm_end
     mm_best = max(mm_all)
     print(f"4096x4096 float32 matmul at the end: median {st.median(mm_end):.1f} GFLOP/s; "
@@ -453,6 +461,7 @@ def main() -> None:
           "differences then exceed the float noise. forward max abs diff: one teacher-forced forward "
           "(batch 1, t = 18), max over the three outputs. "
           f"Total wall {time.perf_counter() - start:.0f} s.")
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

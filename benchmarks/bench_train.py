@@ -173,6 +173,7 @@ def main() -> None:
                         "slow down 3-25x whenever another process holds a core of this shared "
                         "machine) or libgomp's default")
     p.add_argument("--no-check", action="store_true")
+    p.add_argument("--json", default=None, help="also write the workers' raw results to this file")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--variant", default="current", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -203,6 +204,8 @@ def main() -> None:
               + f" s, peak {o['vmhwm_kib'] / 1024:.0f} MiB, load {o['load'][0]:.1f}-{o['load'][1]:.1f}, "
               f"losses " + " ".join(f"{x:.5f}" for x in o["losses"]), flush=True)
 
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "results": res}, indent=1))
     cur = res["current"]
     cur_med, cur_peak = st.median(cur["times"]), cur["vmhwm_kib"]
     cur_work = cur["vmhwm_kib"] - cur["rss_ready_kib"]
