@@ -193,7 +193,6 @@ def train_category(args: Any, category: str, device: torch.device, paths: RunPat
     writer = SummaryWriter(str(paths.tensorboard(category))) if dist.is_main else None
     meta = build_meta(cfg, args, start_epoch, depth_norm)
     steps_per_epoch = len(loader)
-    global_step = start_epoch * steps_per_epoch + start_batch
     bad_in_a_row = 0
     last_metrics = None
     t0 = time.perf_counter()
@@ -233,7 +232,6 @@ def train_category(args: Any, category: str, device: torch.device, paths: RunPat
                 scaler.scale(terms.total).backward()
                 scaler.step(opt)
                 scaler.update()
-                global_step += 1
                 n_done += 1
                 for k, v in terms.as_dict().items():
                     sums[k] = sums.get(k, 0.0) + v
