@@ -10,7 +10,13 @@ Flags: utils/Argparser.py. What each choice does: utils/commands.py.
 """
 from __future__ import annotations
 
+import os
 import sys
+
+# Before torch loads libgomp: idle OpenMP threads sleep instead of spinning. On a machine where
+# anything else runs, spinning threads wait for descheduled partners and make every step 3-25x
+# slower; on an idle one PASSIVE costs 0-18 % (benchmarks/README.md). An explicit setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     from utils import commands
+    from utils.speed import tune_allocator
+
+    if args.malloc_reuse and not tune_allocator():
+        print("note: --malloc-reuse needs glibc on Linux; ignored", file=sys.stderr)
 
     dispatch = {"train": commands.run_train, "test": commands.run_test,
                 "demo": commands.run_demo, "predict": commands.run_predict}

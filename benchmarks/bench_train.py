@@ -3,7 +3,7 @@
     python benchmarks/bench_train.py                     # 256 px, batch 8, 1 warm-up + 2 timed steps
     python benchmarks/bench_train.py --quick             # 64 px, batch 8, 1 warm-up + 3 timed steps
     python benchmarks/bench_train.py --size 128 --bs 4 --repeats 3
-    python benchmarks/bench_train.py --variants current baseline channels_last
+    python benchmarks/bench_train.py --size 128 --variants current baseline no_recompute contiguous malloc_reuse bf16
 
 Network: the default rgb TransFusionUNet (n_channels 64, ch_mults 1 2 2 2, attention at the two
 lowest levels + middle), random weights (seed 0), float32, train mode, AdamW (lr 1e-5).
@@ -12,9 +12,15 @@ anomaly M with ε = M·U(-1, 1) and a slightly shifted disc as M_c; t drawn with
 same batch every step, prepared outside the timed region.
 
 Variants, each in its own fresh subprocess (so its peak memory is its own):
-- ``current``        models/unet.py as is (F.scaled_dot_product_attention)
-- ``baseline``       benchmarks/baseline_original.py: the original's einsum attention
-- ``channels_last``  current code with weights and input in torch.channels_last
+- ``current``        the project's defaults: models/unet.py (SDPA attention, norm→SiLU outputs
+                     recomputed in backward, models/recompute.py), channels_last (the CPU default
+                     of --memory-format auto)
+- ``baseline``       benchmarks/baseline_original.py: the original's einsum attention, every
+                     activation stored, contiguous layout
+- ``no_recompute``   current without the recomputation (set_recompute(False))
+- ``contiguous``     current in the contiguous layout (--memory-format contiguous)
+- ``malloc_reuse``   current + glibc keeping freed memory (--malloc-reuse)
+- ``bf16``           current under bf16 autocast (--amp bf16; changes the numbers)
 
 Peak memory is VmHWM from /proc/self/status of the subprocess (the RSS high-water mark of
 its own address space); getrusage's ru_maxrss inherits the parent's RSS at exec on Linux,
@@ -39,7 +45,7 @@ sys.path.insert(0, str(HERE))
 
 from bench_eval import cpu_name, loadavg, proc_status_kib  # noqa: E402
 
-VARIANTS = ("current", "baseline", "channels_last")
+VARIANTS = ("current", "baseline", "no_recompute", "contiguous", "malloc_reuse", "bf16")
 STEPS = 20
 
 
@@ -71,26 +77,31 @@ def build_net(variant: str, n_channels: int):
     from baseline_original import make_baseline
     from models.unet import TransFusionUNet, UNetConfig
 
+    from utils.speed import apply_memory_format, tune_allocator
+
     torch.manual_seed(0)
     net = TransFusionUNet(UNetConfig(n_channels=n_channels)).train()
     if variant == "baseline":
-        net = make_baseline(net, inplace=True)
-    elif variant == "channels_last":
-        net = net.to(memory_format=torch.channels_last)
-    return net
+        return make_baseline(net.set_recompute(False), inplace=True)
+    if variant == "no_recompute":
+        net.set_recompute(False)
+    if variant == "malloc_reuse":
+        assert tune_allocator(), "--malloc-reuse needs glibc"
+    layout = "contiguous" if variant == "contiguous" else "auto"
+    return apply_memory_format(net, layout, torch.device("cpu"))
 
 
-def train_step(net, opt, batch, channels_last: bool = False):
+def train_step(net, opt, batch, amp: str = "off"):
     import torch
     from models.losses import transfusion_loss
+    from utils.speed import autocast
 
     process, x_t, t, x0, eps, mask, mask_c = batch
     inp = torch.cat((x_t, mask_c), 1)
-    if channels_last:
-        inp = inp.contiguous(memory_format=torch.channels_last)
     opt.zero_grad(set_to_none=True)
-    eps_hat, x0_hat, logits = net(inp, t)
-    terms = transfusion_loss(process, x_t, t, x0, eps, mask, eps_hat, x0_hat, logits)
+    with autocast(torch.device("cpu"), amp):
+        eps_hat, x0_hat, logits = net(inp, t)
+    terms = transfusion_loss(process, x_t, t, x0, eps, mask, eps_hat.float(), x0_hat.float(), logits.float())
     terms.total.backward()
     opt.step()
     return terms
@@ -105,14 +116,14 @@ def worker(args: argparse.Namespace) -> None:
     batch = make_batch(args.size, args.bs)
     rss_ready = proc_status_kib("VmRSS")
     load0 = loadavg()
-    cl = args.variant == "channels_last"
+    amp = "bf16" if args.variant == "bf16" else "off"
     t0 = time.perf_counter()
-    losses = [float(train_step(net, opt, batch, cl).total.detach())]
+    losses = [float(train_step(net, opt, batch, amp).total.detach())]
     warm = time.perf_counter() - t0
     times = []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
-        terms = train_step(net, opt, batch, cl)
+        terms = train_step(net, opt, batch, amp)
         times.append(time.perf_counter() - t0)
         losses.append(float(terms.total.detach()))
     print(json.dumps({"times": times, "warmup": warm, "losses": losses, "rss_ready_kib": rss_ready,

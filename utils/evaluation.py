@@ -17,7 +17,7 @@ from models.transparency import AnomalyMaps, TransparencyProcess, anomaly_maps
 from utils.atomic import atomic_append_line, atomic_write_json, atomic_write_text
 from utils.distributed import SINGLE, Dist, gather_objects
 from utils.errors import TransFusionError
-from utils.precision import autocast
+from utils.speed import autocast
 from utils.metrics import compute_metrics, pixel_metrics, roc_curve_points
 
 METRIC_KEYS = ("image_auroc", "aupro", "pixel_auroc", "image_ap", "image_f1_max")

@@ -82,7 +82,9 @@ def unet_config_from_args(args: Any) -> UNetConfig:
 
 def unet_state_dict_released(net: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The network's weights in the released layout (``model.`` prefix), on the CPU."""
-    return {f"model.{k}": v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    # contiguous: the file must not depend on the --memory-format the network ran with
+    return {f"model.{k}": v.detach().cpu().clone(memory_format=torch.contiguous_format)
+            for k, v in net.state_dict().items()}
 
 
 def save_weights(paths: RunPaths, category: str, net: torch.nn.Module, meta: dict[str, Any]) -> None:
@@ -121,6 +123,7 @@ def build_meta(cfg: UNetConfig, args: Any, epoch: int, depth_norm: tuple[float, 
 def load_network(paths: RunPaths, category: str, args: Any, device: torch.device
                  ) -> tuple[TransFusionUNet, dict[str, Any]]:
     """Load ``<category>_model.pkl`` safely; the architecture comes from the file itself."""
+    from utils.speed import apply_memory_format
     from models.checkpoint import (check_arch_matches, infer_arch, load_state_dict_file,
                                    validate_against_model)
 
@@ -135,4 +138,5 @@ def load_network(paths: RunPaths, category: str, args: Any, device: torch.device
     stripped = {k.removeprefix("model."): v for k, v in state.items()}
     validate_against_model(stripped, net, path)
     net.load_state_dict(stripped)
-    return net.to(device).eval(), meta
+    net = apply_memory_format(net.to(device), getattr(args, "memory_format", "auto"), device)
+    return net.eval(), meta

@@ -28,7 +28,7 @@ from models.unet import TransFusionUNet
 from utils.atomic import atomic_torch_save
 from utils.errors import TransFusionError
 from utils.evaluation import evaluate, fmt_pct
-from utils.precision import autocast, grad_scaler, maybe_compile
+from utils.speed import apply_memory_format, autocast, grad_scaler, maybe_compile
 from utils.distributed import SINGLE, Dist, any_rank, barrier, gather_objects, sync_buffers
 from utils.runs import RunPaths, build_meta, save_weights, unet_config_from_args
 
@@ -87,7 +87,7 @@ def _save_state(paths: RunPaths, category: str, net: torch.nn.Module, opt: torch
     generators = gather_objects(dist, gen.get_state())
     if dist.is_main:
         state = {
-            "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+            "model": {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
             "scaler": scaler.state_dict(),
@@ -151,7 +151,7 @@ def train_category(args: Any, category: str, device: torch.device, paths: RunPat
                                depth_norm=depth_norm)
 
     torch.manual_seed(args.seed)  # the same initial weights on every rank
-    net = TransFusionUNet(cfg).to(device)
+    net = apply_memory_format(TransFusionUNet(cfg).to(device), args.memory_format, device)
     scaler = grad_scaler(device, args.amp)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=args.step_size, gamma=args.gamma)

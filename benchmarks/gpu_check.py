@@ -1,0 +1,172 @@
+"""The one prepared GPU check: correctness on CUDA, then training and evaluation speed.
+
+    python benchmarks/gpu_check.py --out gpu_check.json            # on a CUDA machine, ~3-5 min
+    python benchmarks/gpu_check.py --device cpu --size 64 --bs 2   # rehearsal of the same code path
+
+What it measures, in this order (each part is timed and written to the JSON as soon as it is done,
+so a run cut short still leaves what it measured):
+1. correctness: the reference rgb network (../shared/reference/reference_rgb.pt.xz) run on the
+   device: forward and free-running reverse pass against the stored outputs of the original
+   (tolerances of ../shared/reference/README.md: 1e-4), in float32 with TF32 off;
+2. training steps/s at ``--size`` px, batch ``--bs`` (default 256, 8): float32 (TF32 off, as the
+   original), float32 with TF32 on, bf16 autocast; contiguous and channels_last layouts;
+   recomputation of norm→SiLU on and off; peak device memory of each;
+3. evaluation images/s (the full 18-call reverse pass + scoring, utils.evaluation.score_batch) at
+   batch 8: float32, bf16, both layouts.
+
+The network is the default rgb TransFusionUNet with random weights (seed 0); the timed regions
+synchronise the device. Nothing here downloads anything.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+from bench_train import make_batch, train_step  # noqa: E402
+from models.transparency import TransparencyProcess  # noqa: E402
+from models.unet import TransFusionUNet, UNetConfig  # noqa: E402
+from utils.evaluation import score_batch  # noqa: E402
+from utils.speed import autocast  # noqa: E402
+
+STEPS = 20
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_mib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def check_reference(device: torch.device, shared: Path) -> dict:
+    """Reference weights on the device vs the original's stored outputs (as tests/test_reference.py)."""
+    import io
+    import lzma
+
+    path = shared / "reference" / "reference_rgb.pt.xz"
+    if not path.exists():
+        return {"skipped": f"{path} not found"}
+    ref = torch.load(io.BytesIO(lzma.open(path).read()), weights_only=True)
+    exp2 = ref["state_dict_exp2"]
+    state = {k.removeprefix("model."): (c.float() * 2.0 ** exp2[k]) if k in exp2 else c
+             for k, c in ref["state_dict_codes"].items()}
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    net = TransFusionUNet(UNetConfig(mode="rgb", n_channels=32))
+    net.load_state_dict(state)
+    net = net.to(device).eval()
+    process = TransparencyProcess(STEPS, "rgb")
+    with torch.inference_mode():
+        eps, mean, logits = net(torch.cat((ref["x"], ref["a_mask_in"]), 1).to(device), ref["a_t"].to(device))
+        result = process.reverse(net, ref["x"].to(device))
+    diffs = {"forward_eps": eps.cpu() - ref["a_predicted_noise"], "forward_mean": mean.cpu() - ref["a_predicted_mean"],
+             "forward_logits": logits.cpu() - ref["a_predicted_mask"],
+             "reverse_x_final": result.x_final.cpu() - ref["b_x_final"],
+             "reverse_masks": result.mask_disc.cpu() - ref["b_all_masks"]}
+    out = {k: float(v.abs().max()) for k, v in diffs.items()}
+    out["ok"] = all(v <= 1e-4 for v in out.values())
+    return out
+
+
+def time_train(device: torch.device, size: int, bs: int, amp: str, layout: str, recompute: bool,
+               tf32: bool, steps: int) -> dict:
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.manual_seed(0)
+    net = TransFusionUNet(UNetConfig()).to(device).train().set_recompute(recompute)
+    if layout == "channels_last":
+        net = net.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-5)
+    batch = tuple(x.to(device) if torch.is_tensor(x) else x for x in make_batch(size, bs))
+    reset_peak(device)
+    for _ in range(2):  # warm-up: cuDNN autotuning, allocator
+        train_step(net, opt, batch, amp)
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        terms = train_step(net, opt, batch, amp)
+    sync(device)
+    dt = (time.perf_counter() - t0) / steps
+    return {"steps_per_s": 1 / dt, "s_per_step": dt, "peak_mib": peak_mib(device),
+            "last_loss": float(terms.total.detach())}
+
+
+def time_eval(device: torch.device, size: int, bs: int, amp: str, layout: str, passes: int) -> dict:
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.manual_seed(0)
+    net = TransFusionUNet(UNetConfig()).to(device).eval()
+    if layout == "channels_last":
+        net = net.to(memory_format=torch.channels_last)
+    process = TransparencyProcess(STEPS, "rgb")
+    image = (torch.rand(bs, 3, size, size, generator=torch.Generator().manual_seed(1)) * 2 - 1).to(device)
+    reset_peak(device)
+    with torch.inference_mode(), autocast(device, amp):
+        score_batch(net, process, image, 7, 0.95)
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(passes):
+            score_batch(net, process, image, 7, 0.95)
+        sync(device)
+    dt = (time.perf_counter() - t0) / passes
+    return {"images_per_s": bs / dt, "s_per_batch": dt, "peak_mib": peak_mib(device)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--bs", type=int, default=8)
+    p.add_argument("--train-steps", type=int, default=10)
+    p.add_argument("--eval-passes", type=int, default=3)
+    p.add_argument("--shared", default=str(ROOT.parent / "shared"))
+    p.add_argument("--out", default="gpu_check.json")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("no CUDA device visible; use --device cpu for a rehearsal")
+    report: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                    "torch": torch.__version__, "size": args.size, "batch": args.bs}
+
+    def record(key: str, fn, *a) -> None:
+        t0 = time.perf_counter()
+        try:
+            report[key] = fn(*a)
+        except Exception as exc:  # keep measuring the rest; the JSON says what failed
+            report[key] = {"error": f"{type(exc).__name__}: {exc}"}
+        report[key]["wall_s"] = round(time.perf_counter() - t0, 1)
+        print(key, json.dumps(report[key]), flush=True)
+        Path(args.out).write_text(json.dumps(report, indent=1))
+
+    record("reference", check_reference, device, Path(args.shared))
+    for amp, tf32 in (("off", False), ("off", True), ("bf16", False)):
+        for layout in ("contiguous", "channels_last"):
+            record(f"train_{amp}_{'tf32_' if tf32 else ''}{layout}", time_train, device, args.size, args.bs,
+                   amp, layout, True, tf32, args.train_steps)
+    record("train_off_contiguous_no_recompute", time_train, device, args.size, args.bs, "off",
+           "contiguous", False, False, args.train_steps)
+    for amp in ("off", "bf16"):
+        for layout in ("contiguous", "channels_last"):
+            record(f"eval_{amp}_{layout}", time_eval, device, args.size, args.bs, amp, layout, args.eval_passes)
+    print(f"written {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""The default speed and memory choices keep the numbers: recomputed activations, channels_last, malloc."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.losses import transfusion_loss
+from models.transparency import TransparencyProcess
+from models.unet import TransFusionUNet, UNetConfig
+from utils.speed import apply_memory_format, memory_format
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(n_channels=32, ch_mults=(1, 2), attn=(False, True), group_conv=(True, True), n_blocks=1)
+
+
+def _net(mode: str, recompute: bool, layout=torch.contiguous_format) -> TransFusionUNet:
+    torch.manual_seed(0)
+    net = TransFusionUNet(UNetConfig(mode=mode, **TINY)).train().set_recompute(recompute)
+    return net.to(memory_format=layout)
+
+
+def _step(net: TransFusionUNet, mode: str, size: int = 32, amp: bool = False):
+    """One real training loss + backward; returns outputs, input grad, param grads, buffers."""
+    process = TransparencyProcess(20, mode)
+    c = net.cfg.image_channels
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.rand(4, c, size, size, generator=g) * 2 - 1
+    mask = torch.zeros(4, 1, size, size)
+    mask[:2, :, 8:20, 10:24] = 1
+    eps = mask * (torch.rand(4, c, size, size, generator=g) * 2 - 1)
+    t = torch.tensor([1, 5, 11, 18])
+    x_t = process.q_sample(x0, eps, mask, t)
+    inp = torch.cat((x_t, mask), 1).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        eps_hat, x0_hat, logits = net(inp, t)
+    terms = transfusion_loss(process, x_t, t, x0, eps, mask, eps_hat.float(), x0_hat.float(), logits.float())
+    terms.total.backward()
+    return ((eps_hat.detach(), x0_hat.detach(), logits.detach(), inp.grad),
+            {k: p.grad for k, p in net.named_parameters()},
+            {k: b.clone() for k, b in net.named_buffers()})
+
+
+@pytest.mark.parametrize("mode", ["rgb", "d", "rgbd"])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_recompute_is_bit_identical(mode, layout):
+    """Outputs, input and parameter gradients, BatchNorm running stats: torch.equal, not close."""
+    plain = _step(_net(mode, False, layout), mode)
+    lean = _step(_net(mode, True, layout), mode)
+    for a, b in zip(plain[0], lean[0]):
+        assert torch.equal(a, b)
+    assert plain[1].keys() == lean[1].keys()
+    for k in plain[1]:
+        assert torch.equal(plain[1][k], lean[1][k]), k
+    for k in plain[2]:
+        assert torch.equal(plain[2][k], lean[2][k]), k  # running stats updated once, not twice
+
+
+def test_recompute_under_bf16_autocast_matches_plain():
+    plain = _step(_net("rgb", False), "rgb", amp=True)
+    lean = _step(_net("rgb", True), "rgb", amp=True)
+    for a, b in zip(plain[0], lean[0]):
+        assert torch.equal(a, b)
+    for k in plain[1]:
+        torch.testing.assert_close(plain[1][k], lean[1][k], rtol=1e-5, atol=1e-6)
+
+
+def _saved_bytes(net: TransFusionUNet, size: int = 64) -> int:
+    """Bytes of the distinct activations autograd keeps for backward (parameters excluded)."""
+    params = {p.untyped_storage().data_ptr() for p in net.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:  # views (q, k, v of one projection) count once
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    x = torch.randn(2, 4, size, size)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        eps_hat, x0_hat, logits = net(x, torch.tensor([3, 7]))
+    (eps_hat.sum() + x0_hat.sum() + logits.sum()).backward()
+    return sum(seen.values())
+
+
+def test_recompute_stores_far_fewer_activations():
+    """The default architecture (at 32 channels): well under half the saved bytes."""
+    def net(recompute):
+        torch.manual_seed(0)
+        return TransFusionUNet(UNetConfig(n_channels=32)).train().set_recompute(recompute)
+    plain, lean = _saved_bytes(net(False)), _saved_bytes(net(True))
+    assert lean < 0.45 * plain, (lean, plain)
+
+
+def test_recompute_is_not_used_without_autograd():
+    net = _net("rgb", True).eval()
+    with torch.no_grad():
+        out = net(torch.randn(1, 4, 32, 32), torch.tensor([3]))
+    assert all(o.grad_fn is None for o in out)
+
+
+def test_memory_format_choice():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert memory_format("auto", cpu) == torch.channels_last
+    assert memory_format("auto", cuda) == torch.contiguous_format
+    assert memory_format("contiguous", cpu) == torch.contiguous_format
+    assert memory_format("channels_last", cuda) == torch.channels_last
+
+
+def test_channels_last_network_agrees_with_contiguous():
+    torch.manual_seed(0)
+    net = TransFusionUNet(UNetConfig(**TINY)).eval()
+    x, t = torch.randn(2, 4, 32, 32), torch.tensor([2, 9])
+    with torch.no_grad():
+        ref = net(x, t)
+        net = apply_memory_format(net, "auto", torch.device("cpu"))
+        assert net.image_proj.weight.is_contiguous(memory_format=torch.channels_last)
+        out = net(x, t)
+    assert out[0].is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(ref, out):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
+
+
+def test_malloc_reuse_applies_on_linux_and_keeps_results():
+    code = ("from utils.speed import tune_allocator; import torch; a = tune_allocator(); "
+            "x = torch.ones(64, 2**20); del x; y = torch.ones(64, 2**20); print(a, tune_allocator(), float(y.sum()))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    expected = ["True", "True"] if sys.platform.startswith("linux") else ["False", "False"]
+    assert out.stdout.split()[:2] == expected and float(out.stdout.split()[2]) == 64 * 2**20
