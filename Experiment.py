@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     from utils import commands
     from utils.speed import tune_allocator
 
-    if args.malloc_reuse and not tune_allocator():
+    if not tune_allocator(reuse_large_blocks=args.malloc_reuse) and args.malloc_reuse:
         print("note: --malloc-reuse needs glibc on Linux; ignored", file=sys.stderr)
 
     dispatch = {"train": commands.run_train, "test": commands.run_test,

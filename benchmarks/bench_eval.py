@@ -12,7 +12,9 @@ lowest levels + middle), random weights (seed 0), float32, eval mode, random inp
 Variants (each configuration x variant runs in its own fresh subprocess, so its peak memory
 is its own):
 - ``current``        the project's defaults: utils.evaluation.score_batch (SDPA attention,
-                     inference_mode), network in channels_last (--memory-format auto on CPU)
+                     inference_mode), network in channels_last (--memory-format auto on CPU),
+                     utils.speed.tune_allocator() as Experiment.py calls it (so do the variants
+                     below; the baseline keeps glibc's defaults)
 - ``baseline``       benchmarks/baseline_original.py: einsum attention, no_grad loop, scipy scoring
 - ``contiguous``     current code in the contiguous layout (--memory-format contiguous)
 - ``jit_freeze``     current, network traced + torch.jit.freeze + optimize_for_inference
@@ -129,7 +131,8 @@ def build_runner(variant: str, size: int, batch: int, n_channels: int):
                 net(torch.cat((image, image[:, :1] * 0), 1), t)
         return warm, lambda wrap: baseline_score(wrap(net), process, image, KERNEL, WEIGHT).final
 
-    from utils.speed import apply_memory_format
+    from utils.speed import apply_memory_format, tune_allocator
+    tune_allocator()  # as Experiment.py does
     net = apply_memory_format(net, "contiguous" if variant == "contiguous" else "auto", torch.device("cpu"))
     if variant == "jit_freeze":
         with torch.no_grad():

@@ -14,9 +14,9 @@ same batch every step, prepared outside the timed region.
 Variants, each in its own fresh subprocess (so its peak memory is its own):
 - ``current``        the project's defaults: models/unet.py (SDPA attention, norm→SiLU outputs
                      recomputed in backward, models/recompute.py), channels_last (the CPU default
-                     of --memory-format auto)
+                     of --memory-format auto), utils.speed.tune_allocator() as the CLI calls it
 - ``baseline``       benchmarks/baseline_original.py: the original's einsum attention, every
-                     activation stored, contiguous layout
+                     activation stored, contiguous layout, glibc's default allocator settings
 - ``no_recompute``   current without the recomputation (set_recompute(False))
 - ``contiguous``     current in the contiguous layout (--memory-format contiguous)
 - ``malloc_reuse``   current + glibc keeping freed memory (--malloc-reuse)
@@ -85,8 +85,7 @@ def build_net(variant: str, n_channels: int):
         return make_baseline(net.set_recompute(False), inplace=True)
     if variant == "no_recompute":
         net.set_recompute(False)
-    if variant == "malloc_reuse":
-        assert tune_allocator(), "--malloc-reuse needs glibc"
+    tune_allocator(reuse_large_blocks=variant == "malloc_reuse")  # what Experiment.py does
     layout = "contiguous" if variant == "contiguous" else "auto"
     return apply_memory_format(net, layout, torch.device("cpu"))
 

@@ -5,14 +5,22 @@ output (for SiLU's backward) and the SiLU output (for the conv's backward). Here
 input is kept; backward recomputes the normalisation and the SiLU (cheap elementwise work,
 the same kernels as the forward, so bit-identical values) and then runs the conv's and the
 norm's own backward kernels. The conv is never recomputed: its backward needs its input and
-weight, not its output. Gradients are therefore bit-identical to plain autograd
-(`tests/test_speed.py` checks `torch.equal`), and the BatchNorm running statistics are updated
-once, in the forward. Measured: the default network keeps 0.41x the activation bytes; a 256 px
-batch-8 CPU training step peaks at 7.7 instead of 13.7 GiB and, with fewer fresh pages to
-fault in, is no slower (benchmarks/README.md).
+weight, not its output.
+
+The up path's residual blocks start from a concatenation (previous output, skip); autograd
+would keep that concatenation (for the norm and the 1×1 shortcut conv), a copy of the skip
+that is kept anyway. There the input is given as its parts plus the function that assembles
+them, the shortcut conv is computed in the same step, and only the parts are kept.
+
+Gradients are bit-identical to plain autograd (`tests/test_speed.py` checks `torch.equal`),
+and the BatchNorm running statistics are updated once, in the forward. Measured: the default
+network keeps about a third of the activation bytes; a 256 px batch-8 CPU training step peaks
+at about half the memory of the original's and is no slower (benchmarks/README.md).
 """
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -20,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 NormFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+Assemble = Callable[..., torch.Tensor]
 
 
 def _norm_for_recompute(norm: nn.Module) -> NormFn:
@@ -33,48 +42,107 @@ def _norm_for_recompute(norm: nn.Module) -> NormFn:
     raise TypeError(f"norm_act_conv supports GroupNorm and BatchNorm2d, not {type(norm).__name__}")
 
 
+@dataclass(frozen=True)
+class _Spec:
+    n_parts: int
+    assemble: Assemble | None  # None: the single part is the input
+    norm: nn.Module
+    conv: nn.Conv2d
+    shortcut: nn.Conv2d | None
+
+
+def _conv_backward(conv: nn.Conv2d, grad_out: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor,
+                   need_weight: bool, need_bias: bool):
+    return torch.ops.aten.convolution_backward(
+        grad_out.to(inp.dtype), inp, weight, [conv.out_channels] if conv.bias is not None else None,
+        list(conv.stride), list(conv.padding), list(conv.dilation), False, [0, 0], conv.groups,
+        [True, need_weight, need_bias])
+
+
 class _NormActConv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, norm_w, norm_b, conv_w, conv_b, norm: nn.Module, conv: nn.Conv2d):  # type: ignore[override]
-        device_type = x.device.type
-        ctx.autocast = (torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
-        ctx.norm_fn = _norm_for_recompute(norm)
-        ctx.conv_args = (conv.stride, conv.padding, conv.dilation, conv.groups)
-        y = F.silu(norm(x))  # the module call: BatchNorm updates its running statistics here
-        out = conv(y)
-        ctx.conv_dtype = out.dtype
-        ctx.save_for_backward(x, norm_w, norm_b, conv_w, conv_b)
-        return out
+    def forward(ctx, spec: _Spec, *tensors):  # type: ignore[override]
+        # tensors: *parts, norm weight, norm bias, conv weight, conv bias[, shortcut weight, bias]
+        device_type = tensors[0].device.type
+        ctx.autocast = ((torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
+                        if torch.amp.is_autocast_available(device_type) else None)
+        ctx.spec, ctx.norm_fn = spec, _norm_for_recompute(spec.norm)
+        parts = tensors[:spec.n_parts]
+        x = spec.assemble(*parts) if spec.assemble else parts[0]
+        out = spec.conv(F.silu(spec.norm(x)))  # the module call: BatchNorm updates its running stats
+        ctx.dtypes = (out.dtype,)
+        ctx.save_for_backward(*tensors)
+        if spec.shortcut is None:
+            return out
+        short = spec.shortcut(x)
+        ctx.dtypes += (short.dtype,)
+        return out, short
 
     @staticmethod
-    def backward(ctx, grad_out):  # type: ignore[override]
-        x, norm_w, norm_b, conv_w, conv_b = ctx.saved_tensors
-        stride, padding, dilation, groups = ctx.conv_args
-        enabled, amp_dtype = ctx.autocast
-        inputs = [t.detach().requires_grad_(need) for t, need in
-                  zip((x, norm_w, norm_b, conv_w), ctx.needs_input_grad[:4])]
-        with torch.enable_grad(), torch.autocast(x.device.type, dtype=amp_dtype, enabled=enabled):
-            y = F.silu(ctx.norm_fn(inputs[0], inputs[1], inputs[2]))
-        # what the conv saw: under autocast its input and weight were cast to the compute dtype
+    def backward(ctx, grad_out, grad_short=None):  # type: ignore[override]
+        spec = ctx.spec
+        saved = ctx.saved_tensors
+        need = ctx.needs_input_grad[1:]
+        leaves = [t.detach().requires_grad_(n) if t is not None else None for t, n in zip(saved, need)]
+        n = spec.n_parts
+        parts, (norm_w, norm_b, conv_w, conv_b) = leaves[:n], leaves[n:n + 4]
+        # recompute under the autocast state of the forward, so the values are the same
+        amp = (torch.autocast(parts[0].device.type, dtype=ctx.autocast[1], enabled=ctx.autocast[0])
+               if ctx.autocast else contextlib.nullcontext())
         with torch.enable_grad():
-            conv_in = y.to(ctx.conv_dtype)
-            weight = inputs[3].to(ctx.conv_dtype)
-        g_in, g_w, g_b = torch.ops.aten.convolution_backward(
-            grad_out.to(ctx.conv_dtype), conv_in, weight,
-            [conv_b.shape[0]] if conv_b is not None else None,
-            list(stride), list(padding), list(dilation), False, [0, 0], groups,
-            [True, ctx.needs_input_grad[3], conv_b is not None and ctx.needs_input_grad[4]])
-        wanted = [(t, g) for t, g in ((conv_in, g_in), (weight, g_w)) if g is not None and t.requires_grad]
-        leaves = [t for t in inputs if t.requires_grad]
-        grads = iter(torch.autograd.grad([t for t, _ in wanted], leaves, [g for _, g in wanted],
-                                         allow_unused=True) if leaves else ())
-        out = [next(grads) if t.requires_grad else None for t in inputs]
-        g_b = g_b.to(conv_b.dtype) if g_b is not None else None
-        return out[0], out[1], out[2], out[3], g_b, None, None
+            with amp:
+                x = spec.assemble(*parts) if spec.assemble else parts[0]
+                y = F.silu(ctx.norm_fn(x, norm_w, norm_b))
+            # what each conv saw: under autocast its input and weight were cast to the compute dtype
+            conv_in, weight = y.to(ctx.dtypes[0]), conv_w.to(ctx.dtypes[0])
+        g_in, g_w, g_b = _conv_backward(spec.conv, grad_out, conv_in, weight, need[n + 2],
+                                        conv_b is not None and need[n + 3])
+        outputs, grads = [conv_in], [g_in]
+        if g_w is not None:
+            outputs.append(weight)
+            grads.append(g_w)
+        bias_grads = [g_b.to(conv_b.dtype) if g_b is not None else None]
+        if spec.shortcut is not None:
+            short_w, short_b = leaves[n + 4], leaves[n + 5]
+            with torch.enable_grad():
+                short_in, short_weight = x.to(ctx.dtypes[1]), short_w.to(ctx.dtypes[1])
+            gs_in, gs_w, gs_b = _conv_backward(spec.shortcut, grad_short, short_in, short_weight,
+                                               need[n + 4], short_b is not None and need[n + 5])
+            # x's gradient is then the sum of the norm path's and the shortcut's, as in autograd
+            outputs.append(short_in)
+            grads.append(gs_in)
+            if gs_w is not None:
+                outputs.append(short_weight)
+                grads.append(gs_w)
+            bias_grads.append(gs_b.to(short_b.dtype) if gs_b is not None else None)
+        wanted = [t for t in leaves if t is not None and t.requires_grad]
+        got = iter(torch.autograd.grad(outputs, wanted, grads, allow_unused=True) if wanted else ())
+        result = [next(got) if t is not None and t.requires_grad else None for t in leaves]
+        result[n + 3] = bias_grads[0]  # biases: straight from the conv kernels
+        if spec.shortcut is not None:
+            result[n + 5] = bias_grads[1]
+        return (None, *result)
+
+
+def _use_recompute(recompute: bool, tensors: tuple[torch.Tensor | None, ...]) -> bool:
+    return recompute and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def norm_act_conv(x: torch.Tensor, norm: nn.Module, conv: nn.Conv2d, recompute: bool) -> torch.Tensor:
     """``conv(silu(norm(x)))``; with ``recompute`` and autograd recording, the memory-lean version."""
-    if recompute and torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad):
-        return _NormActConv.apply(x, norm.weight, norm.bias, conv.weight, conv.bias, norm, conv)
+    tensors = (x, norm.weight, norm.bias, conv.weight, conv.bias)
+    if _use_recompute(recompute, tensors):
+        return _NormActConv.apply(_Spec(1, None, norm, conv, None), *tensors)
     return conv(F.silu(norm(x)))
+
+
+def norm_act_conv_with_shortcut(parts: tuple[torch.Tensor, ...], assemble: Assemble, norm: nn.Module,
+                                conv: nn.Conv2d, shortcut: nn.Conv2d, recompute: bool
+                                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(conv(silu(norm(x))), shortcut(x))`` for ``x = assemble(*parts)``; with ``recompute``
+    and autograd recording, ``x`` itself is not kept, only its parts."""
+    tensors = (*parts, norm.weight, norm.bias, conv.weight, conv.bias, shortcut.weight, shortcut.bias)
+    if _use_recompute(recompute, tensors):
+        return _NormActConv.apply(_Spec(len(parts), assemble, norm, conv, shortcut), *tensors)
+    x = assemble(*parts)
+    return conv(F.silu(norm(x))), shortcut(x)

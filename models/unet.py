@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.recompute import norm_act_conv
+from models.recompute import Assemble, norm_act_conv, norm_act_conv_with_shortcut
 
 IMAGE_CHANNELS = {"rgb": 3, "d": 1, "rgbd": 4}
 
@@ -123,9 +123,21 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         h = norm_act_conv(x, self.norm1, self.conv1, self.recompute)
+        return self._second_half(h, self.shortcut(x), t)
+
+    def forward_parts(self, parts: tuple[torch.Tensor, ...], assemble: Assemble, t: torch.Tensor) -> torch.Tensor:
+        """The block on ``assemble(*parts)`` (the up path's concatenation) without keeping that
+        concatenation for backward when recomputing (models/recompute.py)."""
+        if isinstance(self.shortcut, nn.Identity):
+            return self(assemble(*parts), t)
+        h, short = norm_act_conv_with_shortcut(parts, assemble, self.norm1, self.conv1, self.shortcut,
+                                               self.recompute)
+        return self._second_half(h, short, t)
+
+    def _second_half(self, h: torch.Tensor, short: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         h = h + self.time_emb(t)[:, :, None, None]
         h = norm_act_conv(h, self.norm2, self.conv2, self.recompute)
-        return h + self.shortcut(x)
+        return h + short
 
 
 class SelfAttention(nn.Module):
@@ -190,6 +202,9 @@ class UpBlock(_AttnHolder):
         self._make_attn(out_ch, has_attn, two_branch)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self._apply_attn(self.res.forward_parts((x, skip), self._concat, t))
+
+    def _concat(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         h = torch.cat((x, skip), dim=1)
         if self.two_branch:
             # The released rgbd network regroups (prev, skip) into (rgb, depth) halves by
@@ -198,7 +213,7 @@ class UpBlock(_AttnHolder):
             # branches; the released weights were trained that way, so we reproduce it.
             q = h.chunk(4, dim=1)
             h = torch.cat((q[0], q[2], q[1], q[3]), dim=1)
-        return self._apply_attn(self.res(h, t))
+        return h
 
 
 class MiddleBlock(_AttnHolder):
