@@ -43,7 +43,7 @@ def training_memory_estimate(args: argparse.Namespace) -> int:
     follows the network's own choices: the recomputed norm→SiLU of models/recompute.py and the
     fused attention kernel that keeps no [HW, HW] matrix (the meta device would pick the math
     kernel). Transients of the backward pass and the framework itself (~1 GiB) come on top:
-    measured on CPU, a 256 px batch-8 rgb step peaks at 8.1 GiB of RSS for an estimate of 5.3 GiB.
+    measured on CPU, a 256 px batch-8 rgb step peaks at 7.3 GiB of RSS for an estimate of 4.7 GiB.
     """
     from torch._subclasses.fake_tensor import FakeTensorMode
 

@@ -79,7 +79,7 @@ def tune_allocator(reuse_large_blocks: bool = False) -> bool:
     batch-8 training step ~2 % less, for ~2 % more peak memory.
     ``reuse_large_blocks`` (``--malloc-reuse``): no mmap at all, so the 128 MiB activations of a
     256 px batch are reused too: a training step takes 15 % less time (50.9 vs 59.8 s) but peaks
-    26 % higher (10.2 vs 8.1 GiB, heap fragmentation), hence opt-in.
+    26 % higher (9.9 vs 7.9 GiB, heap fragmentation), hence opt-in.
     Results do not change. Returns whether the settings took effect.
     """
     global _allocator_level
