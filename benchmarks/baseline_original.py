@@ -139,6 +139,30 @@ def _maxdiff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).abs().max())
 
 
+def _report(out: dict[str, float], atol: float, verbose: bool, who: str, title: str) -> dict[str, float]:
+    """Print the max |Δ| of each compared quantity; raise if any exceeds ``atol``."""
+    if verbose:
+        print(title)
+        for k, v in out.items():
+            print(f"  max|Δ| {k:18s} {v:.3g}")
+    bad = {k: v for k, v in out.items() if not v <= atol}
+    if bad:
+        raise AssertionError(f"{who} disagree beyond {atol}: {bad}")
+    return out
+
+
+def load_reference(path: Path) -> tuple[dict, TransFusionUNet]:
+    """``reference_rgb.pt.xz``: the stored tensors, and the 32-channel rgb network with its
+    weights (stored as integer codes times powers of two) loaded."""
+    ref = torch.load(io.BytesIO(lzma.open(path).read()), weights_only=True)
+    exp2 = ref["state_dict_exp2"]
+    sd = {k.removeprefix("model."): (c.float() * 2.0 ** exp2[k]) if k in exp2 else c
+          for k, c in ref["state_dict_codes"].items()}
+    net = TransFusionUNet(UNetConfig(mode="rgb", n_channels=32))
+    net.load_state_dict(sd)
+    return ref, net
+
+
 def check_agreement(size: int = 32, batch: int = 2, n_channels: int = 32, atol: float = 1e-4,
                     verbose: bool = True) -> dict[str, float]:
     """Baseline vs current on a small random network and input; raises if beyond ``atol``."""
@@ -165,14 +189,8 @@ def check_agreement(size: int = 32, batch: int = 2, n_channels: int = 32, atol: 
     base_maps = baseline_score(base, process, image)
     out["anomaly map"] = _maxdiff(cur_maps.final, base_maps.final)
     out["image score"] = _maxdiff(cur_maps.scores, base_maps.scores)
-    if verbose:
-        print(f"baseline vs current, random n_channels={n_channels} net, {batch}x3x{size}x{size}:")
-        for k, v in out.items():
-            print(f"  max|Δ| {k:18s} {v:.3g}")
-    bad = {k: v for k, v in out.items() if not v <= atol}
-    if bad:
-        raise AssertionError(f"baseline and current disagree beyond {atol}: {bad}")
-    return out
+    return _report(out, atol, verbose, "baseline and current",
+                   f"baseline vs current, random n_channels={n_channels} net, {batch}x3x{size}x{size}:")
 
 
 def check_reference(atol: float = 1e-4, verbose: bool = True) -> dict[str, float] | None:
@@ -182,12 +200,7 @@ def check_reference(atol: float = 1e-4, verbose: bool = True) -> dict[str, float
         if verbose:
             print(f"(no {path}; reference check skipped)")
         return None
-    ref = torch.load(io.BytesIO(lzma.open(path).read()), weights_only=True)
-    exp2 = ref["state_dict_exp2"]
-    sd = {k.removeprefix("model."): (c.float() * 2.0 ** exp2[k]) if k in exp2 else c
-          for k, c in ref["state_dict_codes"].items()}
-    net = TransFusionUNet(UNetConfig(mode="rgb", n_channels=32))
-    net.load_state_dict(sd)
+    ref, net = load_reference(path)
     base = make_baseline(net.eval()).eval()
     process = TransparencyProcess(20, "rgb")
     res = baseline_reverse(base, process, ref["x"])
@@ -196,14 +209,8 @@ def check_reference(atol: float = 1e-4, verbose: bool = True) -> dict[str, float
            "mask_disc": _maxdiff(res.mask_disc, ref["b_all_masks"]),
            "anomaly map": _maxdiff(maps.final[0], ref["c_mask_final"]),
            "image score": abs(float(maps.scores[0]) - float(ref["c_score"]))}
-    if verbose:
-        print("baseline vs the original's stored outputs (reference_rgb.pt.xz, 64 px):")
-        for k, v in out.items():
-            print(f"  max|Δ| {k:18s} {v:.3g}")
-    bad = {k: v for k, v in out.items() if not v <= atol}
-    if bad:
-        raise AssertionError(f"baseline disagrees with the reference beyond {atol}: {bad}")
-    return out
+    return _report(out, atol, verbose, "baseline and the reference",
+                   "baseline vs the original's stored outputs (reference_rgb.pt.xz, 64 px):")
 
 
 def main() -> None:

@@ -203,16 +203,40 @@ def run_worker(args: argparse.Namespace, variant: str, size: int, batch: int,
     if save_map:
         cmd += ["--save-map", save_map]
     t0 = time.perf_counter()
+    out = run_worker_process(cmd, args, f"{variant} {size}px b{batch}")
+    out["wall"] = time.perf_counter() - t0
+    return out
+
+
+def add_worker_options(p: argparse.ArgumentParser) -> None:
+    """Options every benchmark here shares: worker threads and OpenMP policy, the check, JSON."""
+    p.add_argument("--threads", type=int, default=0, help="torch threads in workers (0: torch default)")
+    p.add_argument("--omp", choices=["passive", "default"], default="passive",
+                   help="workers' OMP_WAIT_POLICY: passive (default here: libgomp's spinning threads "
+                        "slow down 3-25x whenever another process holds a core of this shared "
+                        "machine) or libgomp's default")
+    p.add_argument("--no-check", action="store_true", help="skip the small baseline-vs-current check")
+    p.add_argument("--json", default=None, help="also write every worker's raw result to this file")
+    # worker mode
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--variant", default="current", help=argparse.SUPPRESS)
+
+
+def apply_omp_choice(args: argparse.Namespace) -> None:
+    """--omp passive, in this process too: before torch (and libgomp) load."""
+    if args.omp == "passive":
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+
+def run_worker_process(cmd: list[str], args: argparse.Namespace, what: str) -> dict:
+    """Run one worker subprocess (its own peak memory) and parse the JSON of its last line."""
     env = dict(os.environ)
     if args.omp == "passive":
         env["OMP_WAIT_POLICY"] = "PASSIVE"
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(ROOT), env=env)
-    wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        raise RuntimeError(f"worker {variant} {size}px b{batch} failed:\n{proc.stderr[-3000:]}")
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    out["wall"] = wall
-    return out
+        raise RuntimeError(f"worker {what} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 # ------------------------------------------------------------------------------ parent helpers
@@ -323,16 +347,7 @@ def main() -> None:
     p.add_argument("--min-time", type=float, default=6.0,
                    help="each subprocess repeats the reverse pass until this many seconds")
     p.add_argument("--n-channels", type=int, default=64)
-    p.add_argument("--threads", type=int, default=0, help="torch threads in workers (0: torch default)")
-    p.add_argument("--omp", choices=["passive", "default"], default="passive",
-                   help="workers' OMP_WAIT_POLICY: passive (default here: libgomp's spinning threads "
-                        "slow down 3-25x whenever another process holds a core of this shared "
-                        "machine) or libgomp's default")
-    p.add_argument("--no-check", action="store_true", help="skip the small baseline-vs-current check")
-    p.add_argument("--json", default=None, help="also write every worker's raw result to this file")
-    # worker mode
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--variant", default="current", help=argparse.SUPPRESS)
+    add_worker_options(p)
     p.add_argument("--size", type=int, default=64, help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--save-map", default=None, help=argparse.SUPPRESS)
@@ -340,8 +355,7 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    if args.omp == "passive":  # before torch (and libgomp) load in this process too
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    apply_omp_choice(args)
 
     import torch
     if args.quick:

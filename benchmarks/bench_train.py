@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import statistics as st
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -43,7 +42,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from bench_eval import cpu_name, loadavg, proc_status_kib  # noqa: E402
+from bench_eval import (add_worker_options, apply_omp_choice, cpu_name, loadavg,  # noqa: E402
+                        proc_status_kib, run_worker_process)
 
 VARIANTS = ("current", "baseline", "no_recompute", "contiguous", "malloc_reuse", "bf16")
 STEPS = 20
@@ -160,13 +160,7 @@ def run_worker(args: argparse.Namespace, variant: str) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--variant", variant,
            "--size", str(args.size), "--bs", str(args.bs), "--repeats", str(args.repeats),
            "--n-channels", str(args.n_channels), "--threads", str(args.threads)]
-    env = dict(os.environ)
-    if args.omp == "passive":
-        env["OMP_WAIT_POLICY"] = "PASSIVE"
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(ROOT), env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"worker {variant} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_worker_process(cmd, args, variant)
 
 
 def main() -> None:
@@ -177,21 +171,12 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="64 px, 3 timed steps")
     p.add_argument("--variants", nargs="+", default=["current", "baseline"], choices=VARIANTS)
     p.add_argument("--n-channels", type=int, default=64)
-    p.add_argument("--threads", type=int, default=0, help="torch threads in workers (0: torch default)")
-    p.add_argument("--omp", choices=["passive", "default"], default="passive",
-                   help="workers' OMP_WAIT_POLICY: passive (default here: libgomp's spinning threads "
-                        "slow down 3-25x whenever another process holds a core of this shared "
-                        "machine) or libgomp's default")
-    p.add_argument("--no-check", action="store_true")
-    p.add_argument("--json", default=None, help="also write the workers' raw results to this file")
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--variant", default="current", help=argparse.SUPPRESS)
+    add_worker_options(p)
     args = p.parse_args()
     if args.worker:
         worker(args)
         return
-    if args.omp == "passive":  # before torch (and libgomp) load in this process too
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    apply_omp_choice(args)
     if args.quick:
         args.size, args.repeats = 64, 3
 

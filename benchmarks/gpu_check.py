@@ -31,11 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
+from baseline_original import load_reference  # noqa: E402
 from bench_train import make_batch, train_step  # noqa: E402
 from models.transparency import TransparencyProcess  # noqa: E402
 from models.unet import TransFusionUNet, UNetConfig  # noqa: E402
 from utils.evaluation import score_batch  # noqa: E402
-from utils.speed import autocast  # noqa: E402
+from utils.speed import apply_memory_format, autocast  # noqa: E402
 
 STEPS = 20
 
@@ -57,20 +58,12 @@ def reset_peak(device: torch.device) -> None:
 
 def check_reference(device: torch.device, shared: Path) -> dict:
     """Reference weights on the device vs the original's stored outputs (as tests/test_reference.py)."""
-    import io
-    import lzma
-
     path = shared / "reference" / "reference_rgb.pt.xz"
     if not path.exists():
         return {"skipped": f"{path} not found"}
-    ref = torch.load(io.BytesIO(lzma.open(path).read()), weights_only=True)
-    exp2 = ref["state_dict_exp2"]
-    state = {k.removeprefix("model."): (c.float() * 2.0 ** exp2[k]) if k in exp2 else c
-             for k, c in ref["state_dict_codes"].items()}
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    net = TransFusionUNet(UNetConfig(mode="rgb", n_channels=32))
-    net.load_state_dict(state)
+    ref, net = load_reference(path)
     net = net.to(device).eval()
     process = TransparencyProcess(STEPS, "rgb")
     with torch.inference_mode():
@@ -90,9 +83,8 @@ def time_train(device: torch.device, size: int, bs: int, amp: str, layout: str, 
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
     torch.manual_seed(0)
-    net = TransFusionUNet(UNetConfig()).to(device).train().set_recompute(recompute)
-    if layout == "channels_last":
-        net = net.to(memory_format=torch.channels_last)
+    net = apply_memory_format(TransFusionUNet(UNetConfig()).to(device).train().set_recompute(recompute),
+                              layout, device)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-5)
     batch = tuple(x.to(device) if torch.is_tensor(x) else x for x in make_batch(size, bs))
     reset_peak(device)
@@ -112,9 +104,7 @@ def time_eval(device: torch.device, size: int, bs: int, amp: str, layout: str, p
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(0)
-    net = TransFusionUNet(UNetConfig()).to(device).eval()
-    if layout == "channels_last":
-        net = net.to(memory_format=torch.channels_last)
+    net = apply_memory_format(TransFusionUNet(UNetConfig()).to(device).eval(), layout, device)
     process = TransparencyProcess(STEPS, "rgb")
     image = (torch.rand(bs, 3, size, size, generator=torch.Generator().manual_seed(1)) * 2 - 1).to(device)
     reset_peak(device)

@@ -127,9 +127,8 @@ class ResidualBlock(nn.Module):
 
     def forward_parts(self, parts: tuple[torch.Tensor, ...], assemble: Assemble, t: torch.Tensor) -> torch.Tensor:
         """The block on ``assemble(*parts)`` (the up path's concatenation) without keeping that
-        concatenation for backward when recomputing (models/recompute.py)."""
-        if isinstance(self.shortcut, nn.Identity):
-            return self(assemble(*parts), t)
+        concatenation for backward when recomputing (models/recompute.py). Up-path blocks
+        always widen (prev + skip → out), so their shortcut is a 1×1 conv."""
         h, short = norm_act_conv_with_shortcut(parts, assemble, self.norm1, self.conv1, self.shortcut,
                                                self.recompute)
         return self._second_half(h, short, t)

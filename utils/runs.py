@@ -80,11 +80,16 @@ def unet_config_from_args(args: Any) -> UNetConfig:
         raise TransFusionError(str(exc)) from None
 
 
+def cpu_state_dict(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of the network's state, contiguous: a saved file must not depend on the
+    --memory-format the network ran with."""
+    return {k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
+            for k, v in net.state_dict().items()}
+
+
 def unet_state_dict_released(net: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The network's weights in the released layout (``model.`` prefix), on the CPU."""
-    # contiguous: the file must not depend on the --memory-format the network ran with
-    return {f"model.{k}": v.detach().cpu().clone(memory_format=torch.contiguous_format)
-            for k, v in net.state_dict().items()}
+    return {f"model.{k}": v for k, v in cpu_state_dict(net).items()}
 
 
 def save_weights(paths: RunPaths, category: str, net: torch.nn.Module, meta: dict[str, Any]) -> None:

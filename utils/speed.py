@@ -66,6 +66,7 @@ _M_MMAP_THRESHOLD = -3
 _M_MMAP_MAX = -4
 _MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc's ceiling for M_MMAP_THRESHOLD on 64-bit
 _KEEP_FREE = 2**31 - 1  # bytes of free heap kept before trimming (mallopt takes an int)
+_allocator_level = 0  # 0: glibc defaults, 1: default tuning, 2: --malloc-reuse
 
 
 def tune_allocator(reuse_large_blocks: bool = False) -> bool:
@@ -100,5 +101,3 @@ def tune_allocator(reuse_large_blocks: bool = False) -> bool:
         _allocator_level = wanted
     return ok
 
-
-_allocator_level = 0  # 0: glibc defaults, 1: default tuning, 2: --malloc-reuse

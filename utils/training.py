@@ -30,7 +30,7 @@ from utils.errors import TransFusionError
 from utils.evaluation import evaluate, fmt_pct
 from utils.speed import apply_memory_format, autocast, grad_scaler, maybe_compile
 from utils.distributed import SINGLE, Dist, any_rank, barrier, gather_objects, sync_buffers
-from utils.runs import RunPaths, build_meta, save_weights, unet_config_from_args
+from utils.runs import RunPaths, build_meta, cpu_state_dict, save_weights, unet_config_from_args
 
 MAX_BAD_STEPS = 5  # consecutive non-finite losses before the run stops
 
@@ -87,7 +87,7 @@ def _save_state(paths: RunPaths, category: str, net: torch.nn.Module, opt: torch
     generators = gather_objects(dist, gen.get_state())
     if dist.is_main:
         state = {
-            "model": {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
+            "model": cpu_state_dict(net),
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
             "scaler": scaler.state_dict(),
