@@ -2,7 +2,7 @@
 
     python benchmarks/bench_eval.py                          # 64/128/256 px, batch 1 and 8 (8 up to 128 px)
     python benchmarks/bench_eval.py --quick                  # one timed pass per configuration
-    python benchmarks/bench_eval.py --sizes 64 --batches 1 8 --variants current baseline contiguous
+    python benchmarks/bench_eval.py --sizes 64 --batches 1 8 --variants current baseline channels_last
     python benchmarks/bench_eval.py --sizes 128 --batches 1 --amp bf16
     python benchmarks/bench_eval.py --sizes 256 --batches 8 --allow-large   # slow: ~18 x 8 x 366 GFLOP
 
@@ -12,11 +12,11 @@ lowest levels + middle), random weights (seed 0), float32, eval mode, random inp
 Variants (each configuration x variant runs in its own fresh subprocess, so its peak memory
 is its own):
 - ``current``        the project's defaults: utils.evaluation.score_batch (SDPA attention,
-                     inference_mode), network in channels_last (--memory-format auto on CPU),
+                     inference_mode), network in the contiguous layout (the default --memory-format),
                      utils.speed.tune_allocator() as Experiment.py calls it (so do the variants
                      below; the baseline keeps glibc's defaults)
 - ``baseline``       benchmarks/baseline_original.py: einsum attention, no_grad loop, scipy scoring
-- ``contiguous``     current code in the contiguous layout (--memory-format contiguous)
+- ``channels_last``  current code in the channels_last layout (--memory-format channels_last)
 - ``jit_freeze``     current, network traced + torch.jit.freeze + optimize_for_inference
 - ``bf16``           current under torch.autocast('cpu', dtype=torch.bfloat16) (``--amp bf16``)
 
@@ -58,7 +58,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-VARIANTS = ("current", "baseline", "contiguous", "jit_freeze", "bf16")
+VARIANTS = ("current", "baseline", "channels_last", "jit_freeze", "bf16")
 KERNEL, WEIGHT, STEPS = 7, 0.95, 20
 
 
@@ -133,7 +133,7 @@ def build_runner(variant: str, size: int, batch: int, n_channels: int):
 
     from utils.speed import apply_memory_format, tune_allocator
     tune_allocator()  # as Experiment.py does
-    net = apply_memory_format(net, "contiguous" if variant == "contiguous" else "auto", torch.device("cpu"))
+    net = apply_memory_format(net, "channels_last" if variant == "channels_last" else "contiguous")
     if variant == "jit_freeze":
         with torch.no_grad():
             traced = torch.jit.trace(net, (torch.cat((image, image[:, :1] * 0), 1), t), check_trace=False)
@@ -274,9 +274,9 @@ def forward_gflop(size: int, n_channels: int) -> tuple[float, float]:
 
 
 def forward_diffs(size: int, n_channels: int, variants: list[str]) -> dict[str, float]:
-    """Teacher-forced exactness: max |Δ| of the three network outputs vs the current code for
-    one forward on the same input (batch 1, random 0/1 mask channel, t = 18), against the plain
-    contiguous float32 network (the original's layout). Unlike the free-running maps, this does
+    """Teacher-forced exactness: max |Δ| of the three network outputs of each variant for one
+    forward on the same input (batch 1, random 0/1 mask channel, t = 18), against the plain
+    contiguous float32 network under inference_mode (the original's layout). Unlike the free-running maps, this does
     not depend on mask threshold flips."""
     import copy
     import warnings
@@ -294,23 +294,22 @@ def forward_diffs(size: int, n_channels: int, variants: list[str]) -> dict[str, 
     with torch.inference_mode():
         ref = net(inp, t)
     out = {}
-    fast = copy.deepcopy(net).to(memory_format=torch.channels_last)
     for v in variants:
-        if v == "contiguous":
-            continue
         with torch.no_grad():
             if v == "current":
-                o = fast(inp, t)
+                o = net(inp, t)
+            elif v == "channels_last":
+                o = copy.deepcopy(net).to(memory_format=torch.channels_last)(inp, t)
             elif v == "baseline":
                 o = make_baseline(net)(inp, t)
             elif v == "jit_freeze":
                 f = torch.jit.optimize_for_inference(torch.jit.freeze(
-                    torch.jit.trace(copy.deepcopy(fast), (inp, t), check_trace=False)))
+                    torch.jit.trace(copy.deepcopy(net), (inp, t), check_trace=False)))
                 f(inp, t)
                 o = f(inp, t)
             elif v == "bf16":
                 with torch.autocast("cpu", dtype=torch.bfloat16):
-                    o = fast(inp, t)
+                    o = net(inp, t)
         out[v] = max(float((a.float() - b.float()).abs().max()) for a, b in zip(ref, o))
     return out
 

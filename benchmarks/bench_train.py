@@ -3,7 +3,7 @@
     python benchmarks/bench_train.py                     # 256 px, batch 8, 1 warm-up + 2 timed steps
     python benchmarks/bench_train.py --quick             # 64 px, batch 8, 1 warm-up + 3 timed steps
     python benchmarks/bench_train.py --size 128 --bs 4 --repeats 3
-    python benchmarks/bench_train.py --size 128 --variants current baseline no_recompute contiguous malloc_reuse bf16
+    python benchmarks/bench_train.py --size 128 --variants current baseline no_recompute channels_last malloc_reuse bf16
 
 Network: the default rgb TransFusionUNet (n_channels 64, ch_mults 1 2 2 2, attention at the two
 lowest levels + middle), random weights (seed 0), float32, train mode, AdamW (lr 1e-5).
@@ -13,12 +13,12 @@ same batch every step, prepared outside the timed region.
 
 Variants, each in its own fresh subprocess (so its peak memory is its own):
 - ``current``        the project's defaults: models/unet.py (SDPA attention, norm→SiLU outputs
-                     recomputed in backward, models/recompute.py), channels_last (the CPU default
-                     of --memory-format auto), utils.speed.tune_allocator() as the CLI calls it
+                     recomputed in backward, models/recompute.py), the contiguous layout (the default
+                     --memory-format), utils.speed.tune_allocator() as the CLI calls it
 - ``baseline``       benchmarks/baseline_original.py: the original's einsum attention, every
                      activation stored, contiguous layout, glibc's default allocator settings
 - ``no_recompute``   current without the recomputation (set_recompute(False))
-- ``contiguous``     current in the contiguous layout (--memory-format contiguous)
+- ``channels_last``  current in the channels_last layout (--memory-format channels_last)
 - ``malloc_reuse``   current + glibc keeping freed memory (--malloc-reuse)
 - ``bf16``           current under bf16 autocast (--amp bf16; changes the numbers)
 
@@ -45,7 +45,7 @@ sys.path.insert(0, str(HERE))
 from bench_eval import (add_worker_options, apply_omp_choice, cpu_name, loadavg,  # noqa: E402
                         proc_status_kib, run_worker_process)
 
-VARIANTS = ("current", "baseline", "no_recompute", "contiguous", "malloc_reuse", "bf16")
+VARIANTS = ("current", "baseline", "no_recompute", "channels_last", "malloc_reuse", "bf16")
 STEPS = 20
 
 
@@ -86,8 +86,7 @@ def build_net(variant: str, n_channels: int):
     if variant == "no_recompute":
         net.set_recompute(False)
     tune_allocator(reuse_large_blocks=variant == "malloc_reuse")  # what Experiment.py does
-    layout = "contiguous" if variant == "contiguous" else "auto"
-    return apply_memory_format(net, layout, torch.device("cpu"))
+    return apply_memory_format(net, "channels_last" if variant == "channels_last" else "contiguous")
 
 
 def train_step(net, opt, batch, amp: str = "off"):

@@ -84,7 +84,7 @@ def time_train(device: torch.device, size: int, bs: int, amp: str, layout: str, 
     torch.backends.cudnn.allow_tf32 = tf32
     torch.manual_seed(0)
     net = apply_memory_format(TransFusionUNet(UNetConfig()).to(device).train().set_recompute(recompute),
-                              layout, device)
+                              layout)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-5)
     batch = tuple(x.to(device) if torch.is_tensor(x) else x for x in make_batch(size, bs))
     reset_peak(device)
@@ -104,7 +104,7 @@ def time_eval(device: torch.device, size: int, bs: int, amp: str, layout: str, p
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(0)
-    net = apply_memory_format(TransFusionUNet(UNetConfig()).to(device).eval(), layout, device)
+    net = apply_memory_format(TransFusionUNet(UNetConfig()).to(device).eval(), layout)
     process = TransparencyProcess(STEPS, "rgb")
     image = (torch.rand(bs, 3, size, size, generator=torch.Generator().manual_seed(1)) * 2 - 1).to(device)
     reset_peak(device)

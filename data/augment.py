@@ -5,7 +5,7 @@ of the same shape. They reproduce the imgaug augmenters of the original code:
 
     GammaContrast((0.5, 2.0), per_channel=True), MultiplyAndAddToBrightness(mul=(0.8, 1.2),
     add=(-30, 30)), pillike.EnhanceSharpness(), AddToHueAndSaturation((-50, 50),
-    per_channel=True), Solarize(threshold=(32, 128)), Posterize(), Invert(),
+    per_channel=True), Solarize(0.5, threshold=(32, 128)), Posterize(), Invert(),
     pillike.Autocontrast(), pillike.Equalize(), Affine(rotate=(-45, 45))
 
 All parameters are drawn from the Generator passed in, never from a global RNG, so that a
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import cv2
 import numpy as np
 import torch
 from torch import Tensor
@@ -39,22 +40,36 @@ def gamma_contrast(img: Tensor, rng: np.random.Generator) -> Tensor:
     return out
 
 
-def brightness(img: Tensor, rng: np.random.Generator) -> Tensor:
-    """Multiply the luma by U(0.8, 1.2) and add U{-30..30}, in random order, keeping chroma.
+# imgaug's MultiplyAndAddToBrightness draws one of these colour spaces per image and changes
+# only its brightness channel (the index beside each), converting with OpenCV on uint8.
+BRIGHTNESS_SPACES: tuple[tuple[str, int, int, int], ...] = (
+    ("YCrCb", cv2.COLOR_RGB2YCrCb, cv2.COLOR_YCrCb2RGB, 0),
+    ("HSV", cv2.COLOR_RGB2HSV, cv2.COLOR_HSV2RGB, 2),
+    ("HLS", cv2.COLOR_RGB2HLS, cv2.COLOR_HLS2RGB, 1),
+    ("Lab", cv2.COLOR_RGB2Lab, cv2.COLOR_Lab2RGB, 0),
+    ("Luv", cv2.COLOR_RGB2Luv, cv2.COLOR_Luv2RGB, 0),
+    ("YUV", cv2.COLOR_RGB2YUV, cv2.COLOR_YUV2RGB, 0),
+)
 
-    imgaug changes the brightness channel of a colour space (YCrCb here); with Cr/Cb fixed,
-    a change dY of the luma adds dY to each of R, G and B.
+
+def brightness(img: Tensor, rng: np.random.Generator) -> Tensor:
+    """Multiply the brightness channel by U(0.8, 1.2) and add U{-30..30}, in random order.
+
+    The channel is that of a colour space drawn per image among YCrCb, HSV, HLS, Lab, Luv
+    and YUV (imgaug's MultiplyAndAddToBrightness defaults); each step works on the uint8
+    channel and saturates, as imgaug's Multiply and Add do.
     """
+    _, to_space, from_space, channel = BRIGHTNESS_SPACES[int(rng.integers(len(BRIGHTNESS_SPACES)))]
     mul = rng.uniform(0.8, 1.2)
     add = int(rng.integers(-30, 31))
     mul_first = bool(rng.random() < 0.5)  # imgaug's random_order=True over (Multiply, Add)
-    x = img.to(torch.float32)
-    y = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]).round()  # uint8 luma as OpenCV stores it
-    y_new = y
+    converted = cv2.cvtColor(np.ascontiguousarray(img.permute(1, 2, 0).numpy()), to_space)
+    value = converted[..., channel].astype(np.float64)
     for step in (("mul", "add") if mul_first else ("add", "mul")):
-        # Each imgaug step works on the uint8 channel, so it clips after every step.
-        y_new = (y_new * mul if step == "mul" else y_new + add).round().clamp(0, 255)
-    return _to_uint8(x + (y_new - y)[None])
+        value = np.clip(np.round(value * mul) if step == "mul" else value + add, 0, 255)
+    converted[..., channel] = value.astype(np.uint8)
+    rgb = cv2.cvtColor(converted, from_space)
+    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
 
 
 def sharpness(img: Tensor, rng: np.random.Generator) -> Tensor:
@@ -103,8 +118,12 @@ def hue_saturation(img: Tensor, rng: np.random.Generator) -> Tensor:
 
 
 def solarize(img: Tensor, rng: np.random.Generator) -> Tensor:
-    """Invert every value >= threshold, threshold ~ U{32..128}."""
-    return F.solarize(img, int(rng.integers(32, 129)))
+    """With probability 0.5 (the released code passes p=0.5 to imgaug's Solarize), invert
+    every value >= a threshold ~ U(32, 128); otherwise the image is returned unchanged."""
+    threshold = float(rng.uniform(32.0, 128.0))
+    if rng.random() >= 0.5:
+        return img.clone()
+    return F.solarize(img, threshold)
 
 
 def posterize(img: Tensor, rng: np.random.Generator) -> Tensor:

@@ -440,14 +440,20 @@ class TrainDataset(Dataset):
         self._depth: list[tuple[np.ndarray, np.ndarray]] = []
         if mode != "rgb":
             self.xyz_paths = [xyz_path_for(p) for p in self.paths]
+            raw_extremes: list[np.ndarray] = []  # per file: what depth_range needs of its raw z
             for rgb_path, xyz_path in zip(self.paths, self.xyz_paths):
                 if not xyz_path.is_file():
                     raise TransFusionError(
                         f"training image '{rgb_path}' has no point cloud; expected '{xyz_path}' (mode {mode} needs xyz)"
                     )
-                self._depth.append(preprocess_depth(read_xyz(xyz_path), self.img_size, name=str(xyz_path)))
+                xyz = read_xyz(xyz_path)
+                z = xyz[..., 2]
+                measured = z[z != 0]
+                raw_extremes.append(np.array([measured.min(), measured.max()]) if measured.size else measured)
+                self._depth.append(preprocess_depth(xyz, self.img_size, name=str(xyz_path)))
             if depth_norm is None:
-                depth_norm = depth_range(d for d, _ in self._depth)
+                # the raw, full-size z before resizing or filling, as the released code takes it
+                depth_norm = depth_range(raw_extremes)
             self.depth_norm = (float(depth_norm[0]), float(depth_norm[1]))
 
     def __len__(self) -> int:

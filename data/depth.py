@@ -1,8 +1,12 @@
 """MVTec 3D-AD point clouds → the depth channel TransFusion sees (SPEC §1 "Depth").
 
-Pipeline per file: :func:`read_xyz` → :func:`preprocess_depth` (nearest resize,
-background-plane removal, closing, two hole-filling passes) → over the training
-set :func:`depth_range` → per image :func:`normalise_depth`.
+Pipeline per file: :func:`read_xyz` → :func:`preprocess_depth` (nearest resize, two
+hole-filling passes of the raw z; separately the background-plane mask) → over the raw,
+full-size training z :func:`depth_range` → per image :func:`normalise_depth`.
+
+The plane mask only says where synthetic anomalies may be placed (SPEC §2); the network's
+input is the whole measured z, background table included, exactly as the released weights
+were trained on (on MVTec 3D-AD the table reads about −0.35…−0.5 after normalisation).
 
 MVTec 3D-AD marks a missing point with (0, 0, 0); "z == 0" therefore means
 "no measurement" everywhere in this module.
@@ -115,11 +119,12 @@ def fill_holes(depth: np.ndarray, passes: int = 2) -> np.ndarray:
 def preprocess_depth(xyz: np.ndarray, size: int, name: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """xyz HxWx3 → (depth SxS float32, plane_mask SxS float32 0/1), following SPEC §1.
 
-    ``depth`` is raw z with the background plane removed and holes filled (still
-    in the file's units; see :func:`normalise_depth`). ``name`` only labels warnings.
-    If a corner patch has no valid point, or the three corner points are
-    collinear, no plane can be fitted: every measured point is then kept as
-    foreground and a warning is issued.
+    ``depth`` is the whole raw z (background included) after two hole-filling passes, still
+    in the file's units (see :func:`normalise_depth`); ``plane_mask`` marks the object, off
+    the fitted background plane, and only places synthetic anomalies. ``name`` only labels
+    warnings. If a corner patch has no valid point, or the three corner points are
+    collinear, no plane can be fitted (the released code divides by zero there, its issue
+    #14): every measured point is then kept as foreground and a warning is issued.
     """
     xyz = np.asarray(xyz, dtype=np.float32)
     if xyz.ndim != 3 or xyz.shape[2] != 3:
@@ -152,15 +157,16 @@ def preprocess_depth(xyz: np.ndarray, size: int, name: str | None = None) -> tup
     kernel = np.ones((3, 3), np.uint8)
     closed = cv2.morphologyEx(foreground.astype(np.uint8), cv2.MORPH_CLOSE, kernel, iterations=3)
     plane_mask = (closed > 0).astype(np.float32)
-    depth = fill_holes(z * plane_mask, passes=2)
+    depth = fill_holes(z, passes=2)
     return depth, plane_mask
 
 
 def depth_range(depths: Iterable[np.ndarray]) -> tuple[float, float]:
     """(gmin, gmax) over training depths: 0.9·min(0, min non-zero z), 1.1·max(1, max z).
 
-    The running min starts at 0 and the running max at 1, as in the released
-    code, so on MVTec 3D-AD (all z > 0, z < 1) the result is (0, 1.1).
+    Pass the raw z of the full-size training tiffs (before resizing or filling), as the
+    released code does. Its running min starts at 0 and its running max at 1, so on
+    MVTec 3D-AD (all z > 0) gmin is 0.
     """
     lo, hi = 0.0, 1.0
     for d in depths:

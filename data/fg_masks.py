@@ -7,7 +7,8 @@ Which categories get a mask:
   returns None);
 - every other category (MVTec AD objects, all VisA and MVTec 3D-AD categories, a
   ``folder`` dataset) gets one mask per training image, either the released masks
-  (``fg_mask_path``) or masks computed here;
+  (``fg_mask_path``; the command line looks in ``./fg_masks/`` unless told otherwise, as
+  the released code does) or, where there are none, masks computed here;
 - nobody gets one when ``use_fg_masks`` is False (F all ones).
 
 For MVTec 3D-AD in depth modes (d, rgbd) the training set uses the depth plane
@@ -43,7 +44,10 @@ from data.io import read_rgb_uint8
 from utils.atomic import atomic_write_bytes, atomic_write_json
 from utils.errors import TransFusionError
 
-__all__ = ["FgMaskSource", "compute_fg_mask", "load_released_mask"]
+__all__ = ["DEFAULT_FG_MASK_PATH", "FgMaskSource", "compute_fg_mask", "load_released_mask", "released_mask_files"]
+
+# Where the released code (and scripts/download_weights.py fg_masks) keeps the released masks.
+DEFAULT_FG_MASK_PATH = "./fg_masks/"
 
 # Bump when the computed-mask algorithm changes so old caches are not reused.
 _ALGORITHM_VERSION = 2
@@ -62,26 +66,28 @@ def _encode_png(arr: np.ndarray) -> bytes:
 
 
 def load_released_mask(path: str | os.PathLike, img_size: int) -> np.ndarray:
-    """One released mask → SxS uint8 0/1: bilinear resize, threshold at 0.5 of 0..1, dilate 5x5."""
+    """One released mask → SxS uint8 0/1, as the released code reads it (SPEC §2): 8-bit
+    colour read, OpenCV linear resize (no antialiasing), grey, /255 > 0.5, 5x5 dilation."""
     p = Path(path)
-    try:
-        with Image.open(p) as im:
-            im.load()
-            # Palette indices mean nothing by themselves; the displayed grey level does.
-            arr = np.asarray(im.convert("L") if im.mode in ("P", "PA") else im)
-    except Exception as exc:
-        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
-        raise TransFusionError(f"cannot read foreground mask '{p}': {reason}; expected a binary PNG") from exc
-    if arr.ndim == 3:
-        arr = arr[..., :3].max(axis=2)
-    arr = arr.astype(np.float64)
-    top = float(arr.max()) if arr.size else 0.0
-    # 0/1-valued masks would vanish under a 0.5-of-255 threshold; 16-bit masks use 65535.
-    full_scale = 1.0 if top <= 1.0 else (65535.0 if top > 255.0 else 255.0)
-    arr8 = np.clip(np.rint(arr / full_scale * 255.0), 0, 255).astype(np.uint8)
-    resized = np.asarray(Image.fromarray(arr8, mode="L").resize((img_size, img_size), Image.BILINEAR))
-    binary = (resized.astype(np.float32) / 255.0 > 0.5).astype(np.uint8)
+    arr = cv2.imread(str(p), cv2.IMREAD_COLOR)  # 8-bit BGR whatever the file's depth
+    if arr is None:
+        raise TransFusionError(f"cannot read foreground mask '{p}'; expected a PNG or JPG image "
+                               f"(re-download the masks with scripts/download_weights.py fg_masks)")
+    resized = cv2.resize(arr, (img_size, img_size), interpolation=cv2.INTER_LINEAR)
+    grey = cv2.cvtColor(resized, cv2.COLOR_BGR2GRAY)
+    binary = (grey.astype(np.float32) / 255.0 > 0.5).astype(np.uint8)
     return cv2.dilate(binary, _DILATE, iterations=1)
+
+
+def released_mask_files(folder: Path) -> list[Path]:
+    """Every ``*.png`` in ``folder``, or every ``*.JPG`` when there is none, sorted by name
+    (the released code's two globs; they pair with the sorted training images by position)."""
+    for suffix in (".png", ".JPG"):
+        files = sorted((p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                        and p.suffix == suffix), key=lambda p: p.name)
+        if files:
+            return files
+    return []
 
 
 def _work_size(img_size: int) -> int:
@@ -203,19 +209,27 @@ class FgMaskSource:
     """Per-training-image foreground masks, ``src[i]`` → float32 [1, S, S] holding 0/1.
 
     Position ``i`` matches the i-th *sorted* training image (see
-    :func:`data.datasets.find_train_images`). ``source`` says where the masks came from.
+    :func:`data.datasets.find_train_images`). ``source`` says where the masks came from
+    (``released:<folder>`` or ``computed:<cache>``); ``note`` is the one line a run prints
+    about them.
     """
 
-    def __init__(self, masks: np.ndarray, source: str, n_fallback: int = 0) -> None:
+    def __init__(self, masks: np.ndarray, source: str, n_fallback: int = 0, note: str = "") -> None:
         self.masks = np.ascontiguousarray(masks.astype(np.uint8))  # [N, S, S]
         self.source = source
         self.n_fallback = n_fallback
+        self.note = note or f"foreground masks: {source}"
 
     def __len__(self) -> int:
         return int(self.masks.shape[0])
 
     def __getitem__(self, i: int) -> torch.Tensor:
         return torch.from_numpy(self.masks[i].astype(np.float32))[None]
+
+    def record(self) -> dict[str, object]:
+        """What a run's meta and summary files keep about these masks."""
+        kind, _, where = self.source.partition(":")
+        return {"kind": kind, "path": where, "n": len(self), "fallbacks": self.n_fallback}
 
     @classmethod
     def for_category(
@@ -224,16 +238,19 @@ class FgMaskSource:
         category: str,
         train_paths: Sequence[Path],
         img_size: int,
-        fg_mask_path: str | None,
+        fg_mask_path: str | os.PathLike | None,
         use_fg_masks: bool,
         cache_dir: Path | None,
+        required: bool = True,
     ) -> FgMaskSource | None:
         """Masks for one category, or None meaning "all ones" (textures, or masks disabled).
 
         With ``fg_mask_path`` the released masks are used, from
-        ``<fg_mask_path>/<category>/train/good/*.png`` or
-        ``<fg_mask_path>/<dataset>_masks/<category>/train/good/*.png``; otherwise masks
-        are computed (and cached in ``cache_dir`` when given).
+        ``<fg_mask_path>/<dataset>_masks/<category>/train/good/`` (or
+        ``<fg_mask_path>/<category>/train/good/``). When that folder does not exist, a
+        ``required`` path is an error; otherwise (the default ``./fg_masks/``, which the
+        user did not name) masks are computed, as without ``fg_mask_path``, and cached in
+        ``cache_dir`` when given.
         """
         if not use_fg_masks or category in TEXTURE_CATEGORIES:
             return None
@@ -241,29 +258,42 @@ class FgMaskSource:
         if not train_paths:
             raise TransFusionError(f"no training images given for foreground masks of '{category}'")
         if fg_mask_path:
-            return cls._released(dataset, category, train_paths, int(img_size), Path(fg_mask_path))
-        return cls._computed(
+            root = Path(fg_mask_path)
+            candidates = [root / f"{dataset}_masks" / category / "train" / "good", root / category / "train" / "good"]
+            folder = next((c for c in candidates if c.is_dir()), None)
+            if folder is not None:
+                return cls._released(folder, train_paths, int(img_size))
+            if required:
+                raise TransFusionError(
+                    f"no foreground masks for '{category}' under '{root}'; expected '{candidates[0]}' "
+                    f"(or drop --fg-mask-path to compute masks)"
+                )
+            missing = f"no released foreground masks in {candidates[0]}"
+        else:
+            missing = "no released foreground masks given"
+        computed = cls._computed(
             dataset, category, train_paths, int(img_size), None if cache_dir is None else Path(cache_dir)
         )
+        where = f"cached in {cache_dir}, preview {Path(cache_dir) / 'preview.png'}" if cache_dir else "not cached"
+        computed.note = f"{missing}: computed masks from the images ({where})"
+        return computed
 
     @classmethod
-    def _released(cls, dataset: str, category: str, train_paths: list[Path], img_size: int, root: Path) -> FgMaskSource:
-        candidates = [root / category / "train" / "good", root / f"{dataset}_masks" / category / "train" / "good"]
-        folder = next((c for c in candidates if c.is_dir()), None)
-        if folder is None:
+    def _released(cls, folder: Path, train_paths: list[Path], img_size: int) -> FgMaskSource:
+        files = released_mask_files(folder)
+        if len(files) < len(train_paths):
             raise TransFusionError(
-                f"no foreground masks for '{category}' under '{root}'; expected '{candidates[0]}' or "
-                f"'{candidates[1]}' (or drop --fg-mask-path to compute masks)"
+                f"training image '{train_paths[len(files)]}' has no foreground mask: '{folder}' holds "
+                f"{len(files)} masks for {len(train_paths)} training images (paired by sorted position); "
+                f"re-download the masks or pass --no-fg-masks"
             )
-        files = sorted(
-            (p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() == ".png"),
-            key=lambda p: p.name,
-        )
-        if len(files) != len(train_paths):
-            raise TransFusionError(
-                f"'{folder}' holds {len(files)} foreground masks but there are {len(train_paths)} training "
-                f"images in '{train_paths[0].parent}'; masks are matched to the sorted images by position"
+        if len(files) > len(train_paths):
+            warnings.warn(
+                f"{folder}: {len(files)} foreground masks for {len(train_paths)} training images; "
+                f"the first {len(train_paths)} (sorted) are paired with them by position, as the released code does",
+                stacklevel=3,
             )
+            files = files[: len(train_paths)]
         masks = np.stack([load_released_mask(p, img_size) for p in files])
         empty = int((masks.reshape(len(files), -1).max(axis=1) == 0).sum())
         if empty:
@@ -271,7 +301,7 @@ class FgMaskSource:
                 f"{folder}: {empty} foreground mask(s) are empty; no anomalies will be synthesised on those images",
                 stacklevel=3,
             )
-        return cls(masks, f"released:{folder}")
+        return cls(masks, f"released:{folder}", note=f"foreground masks: released, from {folder}")
 
     @classmethod
     def _computed(

@@ -34,13 +34,17 @@ def shuffle_tiles(img: Tensor, rng: np.random.Generator, grid: int = TILE_GRID) 
 
 
 def choose_tau(p: np.ndarray, rng: np.random.Generator) -> float:
-    """Threshold of the condition mask M_c, each case with probability 1/4:
-    max|P| (M_c empty), 0.5 + 0.5u (smaller than M), 0.5 (equal), 0.5 - 0.5u (larger), u ~ U[0, 1)."""
+    """Threshold of the condition mask M_c = 1[|P| > tau], each case with probability 1/4:
+    max(P), 0.5 + 0.5u (smaller than M), 0.5 (equal), 0.5 - 0.5u (larger), u ~ U[0, 1).
+
+    The first case is the maximum of the SIGNED map, as in the released code: M_c is empty
+    unless the deepest negative hill is deeper than the highest positive one, in which case
+    part of that hill stays in M_c (about half the draws of this case).
+    """
     case = int(rng.integers(4))
     u = float(rng.random())
     if case == 0:
-        # max|P| rather than max(P): with |P| in the mask, only this makes M_c certainly empty.
-        return float(np.abs(p).max())
+        return float(p.max())
     if case == 1:
         return MASK_THRESHOLD + MASK_THRESHOLD * u
     if case == 2:
@@ -54,10 +58,18 @@ def to_uint8_image(rgb: Tensor) -> Tensor:
 
 
 def depth_perturbation(p: np.ndarray) -> np.ndarray:
-    """P rescaled so that positive hills span 0..1 and negative hills -1..0, times 0.1."""
-    pmax, pmin = float(p.max()), float(p.min())
-    pos = np.where(p > 0, p / pmax, 0.0) if pmax > 0 else np.zeros_like(p)
-    neg = np.where(p < 0, p / -pmin, 0.0) if pmin < 0 else np.zeros_like(p)
+    """The depth change inside the mask, rising from 0 at the mask's edge (SPEC §2).
+
+    Positive hills (P − 0.5 where P > 0.5) and negative ones (P + 0.5 where P < −0.5) are
+    each divided by their own largest magnitude, so they span 0..1 and −1..0, times 0.1.
+    """
+    pos = np.where(p > MASK_THRESHOLD, p - MASK_THRESHOLD, 0.0)
+    neg = np.where(p < -MASK_THRESHOLD, p + MASK_THRESHOLD, 0.0)
+    top, bottom = float(pos.max()), float(-neg.min())
+    if top > 0:
+        pos = pos / top
+    if bottom > 0:
+        neg = neg / bottom
     return (pos + neg) * DEPTH_SCALE
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from models.modes import base_width as base_width_for, network_width
 from utils.errors import TransFusionError
 
 MODES = ("rgb", "d", "rgbd")
@@ -374,18 +375,21 @@ def synthetic_state_dict(spec: ArchSpec, device: str | torch.device = "meta",
 
 # ----------------------------------------------------------------------------- checks
 
-def check_arch_matches(spec: ArchSpec, mode: str, n_channels: int | None,
+def check_arch_matches(spec: ArchSpec, mode: str, base_width: int | None,
                        path: str | os.PathLike) -> None:
     """Refuse a checkpoint whose mode or width disagrees with --mode / --unet-channel-num.
 
-    ``n_channels`` is the network width the user asked for (None = not given, not checked).
+    ``base_width`` is the ``--unet-channel-num`` N the user asked for (None = not given, not
+    checked); rgbd networks have 2N channels (models/modes.py), so N = 64 matches a released
+    rgbd checkpoint of 128 channels.
     """
-    if mode == spec.mode and (n_channels is None or n_channels == spec.n_channels):
+    if mode == spec.mode and (base_width is None or network_width(mode, base_width) == spec.n_channels):
         return
-    asked = f"--mode {mode}" + (f" --unet-channel-num {n_channels}" if n_channels is not None else "")
+    asked = f"--mode {mode}" + (f" --unet-channel-num {base_width}" if base_width is not None else "")
+    rule = " (rgbd networks have 2N channels for --unet-channel-num N)" if "rgbd" in (mode, spec.mode) else ""
     raise TransFusionError(
         f"{path} holds a {spec.mode} network with {spec.n_channels} channels but {asked} was "
-        f"given; run with --mode {spec.mode} --unet-channel-num {spec.n_channels}")
+        f"given{rule}; run with --mode {spec.mode} --unet-channel-num {base_width_for(spec.mode, spec.n_channels)}")
 
 
 def _fmt_shape(shape: tuple[int, ...]) -> str:

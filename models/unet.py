@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.modes import IMAGE_CHANNELS
 from models.recompute import Assemble, norm_act_conv, norm_act_conv_with_shortcut
 
-IMAGE_CHANNELS = {"rgb": 3, "d": 1, "rgbd": 4}
 
 
 @dataclass(frozen=True)

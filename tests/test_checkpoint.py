@@ -292,11 +292,11 @@ def test_normalize_without_a_path_still_explains() -> None:
 
 def test_check_arch_matches_accepts_agreement() -> None:
     spec = infer_arch(meta_state_dict("rgbd"))
-    check_arch_matches(spec, "rgbd", 128, "m.pkl")
+    check_arch_matches(spec, "rgbd", 64, "m.pkl")  # SPEC §5: --unet-channel-num N is 2N in rgbd
     check_arch_matches(spec, "rgbd", None, "m.pkl")  # width not given by the user
 
 
-@pytest.mark.parametrize("mode, n", [("rgb", None), ("rgb", 64), ("rgbd", 64), ("d", 128)])
+@pytest.mark.parametrize("mode, n", [("rgb", None), ("rgb", 64), ("rgbd", 128), ("d", 128)])
 def test_check_arch_matches_message(mode: str, n: int | None) -> None:
     spec = infer_arch(meta_state_dict("rgbd"))
     path = Path("models") / "bottle_model.pkl"
@@ -304,7 +304,8 @@ def test_check_arch_matches_message(mode: str, n: int | None) -> None:
         check_arch_matches(spec, mode, n, path)
     msg = assert_one_line_error(exc, path)
     assert msg.startswith(f"{path} holds a rgbd network with 128 channels")
-    assert msg.endswith("run with --mode rgbd --unet-channel-num 128")
+    assert "rgbd networks have 2N channels for --unet-channel-num N" in msg  # the rule, stated
+    assert msg.endswith("run with --mode rgbd --unet-channel-num 64")
     assert f"--mode {mode}" in msg
 
 

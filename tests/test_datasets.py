@@ -247,11 +247,13 @@ def test_mvtec3d_rgbd_train_and_test(tmp_path: Path) -> None:
     assert item["image"].shape == (4, 32, 32) and item["fg"].shape == (1, 32, 32)
     depth = item["image"][3]
     fg = item["fg"][0].bool()
-    assert depth[0, 0] == 0 and depth[-1, -1] == 0  # table removed: exactly 0 after normalising
-    # fg is the object (plane mask x measured depth); the object's depth is negative after normalising.
+    # SPEC §1: the table stays in the input, (z - 1.1) / 1.1 with z about 0.6 (not blanked to 0)
+    assert -0.5 < depth[0, 0] < -0.4 and -0.5 < depth[-1, -1] < -0.4
+    # fg is the object (plane mask x measured depth): it only places anomalies; the object, closer
+    # to the camera than the table, reads lower.
     obj = torch.from_numpy(object_mask(32, 0))
     assert (fg & ~obj).sum() == 0 and fg.sum() >= obj.sum() - 6
-    assert torch.all(depth[fg] < 0)
+    assert depth[fg].max() < depth[~obj].min()
     assert torch.equal(item["image"][:3], read_rgb(train.paths[0], 32))  # rgb first, then depth
     d_only = TrainDataset("mvtec3d", root, "tire", "d", 32, depth_norm=train.depth_norm)
     assert torch.equal(d_only[0]["image"], item["image"][3:])
@@ -345,14 +347,69 @@ def test_released_fg_masks_threshold_dilate_and_align(tmp_path: Path, released_l
 def test_released_fg_masks_count_mismatch_and_missing(tmp_path: Path) -> None:
     root = make_mvtec(tmp_path / "data", n_train=3)
     train = find_train_images("mvtec", root, "bottle")
-    folder = tmp_path / "fg" / "bottle" / "train" / "good"
+    folder = tmp_path / "fg" / "mvtec_masks" / "bottle" / "train" / "good"
     folder.mkdir(parents=True)
     Image.fromarray(np.full((8, 8), 255, np.uint8)).save(folder / "000.png")
-    with pytest.raises(TransFusionError, match="1 foreground masks but there are 3") as info:
+    with pytest.raises(TransFusionError, match="has no foreground mask") as info:
         FgMaskSource.for_category("mvtec", "bottle", train, 32, str(tmp_path / "fg"), True, None)
-    assert str(folder) in str(info.value)
+    assert str(train[1]) in str(info.value) and str(folder) in str(info.value)  # the first image without one
     with pytest.raises(TransFusionError, match="no foreground masks for 'cable'"):
         FgMaskSource.for_category("mvtec", "cable", train, 32, str(tmp_path / "fg"), True, None)
+    # More masks than images: paired by position as the released code does, with a warning.
+    for i in (1, 2, 3):
+        Image.fromarray(np.full((8, 8), 255, np.uint8)).save(folder / f"{i:03d}.png")
+    with pytest.warns(UserWarning, match="4 foreground masks for 3 training images"):
+        src = FgMaskSource.for_category("mvtec", "bottle", train, 32, str(tmp_path / "fg"), True, None)
+    assert len(src) == 3
+
+
+def test_released_fg_masks_take_jpg_only_without_png(tmp_path: Path) -> None:
+    """SPEC §2: every *.png, or every *.JPG when there is none, sorted."""
+    root = make_mvtec(tmp_path / "data", n_train=2)
+    train = find_train_images("mvtec", root, "bottle")
+    folder = tmp_path / "fg" / "mvtec_masks" / "bottle" / "train" / "good"
+    folder.mkdir(parents=True)
+    for i in range(2):
+        m = np.zeros((32, 32), np.uint8)
+        m[:, : 8 * (i + 1)] = 255  # image i covers the left 8(i+1) columns
+        Image.fromarray(m).save(folder / f"{i:03d}.JPG", quality=100)
+    src = FgMaskSource.for_category("mvtec", "bottle", train, 32, str(tmp_path / "fg"), True, None)
+    assert src.source == f"released:{folder}"
+    for i in range(2):  # dilated by 5x5: two more columns
+        np.testing.assert_array_equal(src[i][0].numpy().sum(axis=0) > 0, np.arange(32) < 8 * (i + 1) + 2)
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(folder / "zzz.png")  # a png hides the JPGs
+    with pytest.raises(TransFusionError, match="has no foreground mask"):
+        FgMaskSource.for_category("mvtec", "bottle", train, 32, str(tmp_path / "fg"), True, None)
+
+
+def test_released_fg_masks_resize_like_opencv_linear(tmp_path: Path) -> None:
+    """SPEC §2: OpenCV's linear resize (no antialiasing), grey, / 255 > 0.5, 5x5 dilation."""
+    import cv2
+
+    root = make_mvtec(tmp_path / "data", n_train=1)
+    train = find_train_images("mvtec", root, "bottle")
+    folder = tmp_path / "fg" / "mvtec_masks" / "bottle" / "train" / "good"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    m = (rng.random((100, 100)) > 0.7).astype(np.uint8) * 255  # fine speckle: antialiasing would blur it away
+    Image.fromarray(m).save(folder / "000.png")
+    src = FgMaskSource.for_category("mvtec", "bottle", train, 32, str(tmp_path / "fg"), True, None)
+    small = cv2.resize(np.repeat(m[..., None], 3, axis=2), (32, 32), interpolation=cv2.INTER_LINEAR)[..., 0]
+    expected = cv2.dilate((small / 255.0 > 0.5).astype(np.uint8), np.ones((5, 5), np.uint8))
+    np.testing.assert_array_equal(src[0][0].numpy(), expected.astype(np.float32))
+
+
+def test_default_fg_mask_folder_without_the_category_falls_back_to_computed(tmp_path: Path) -> None:
+    """The default ./fg_masks/ is not required: without this category's masks they are computed,
+    and the note says so; an explicit --fg-mask-path without them is an error."""
+    root = make_mvtec(tmp_path / "data", n_train=2, size=48)
+    train = find_train_images("mvtec", root, "bottle")
+    (tmp_path / "fg").mkdir()
+    src = FgMaskSource.for_category("mvtec", "bottle", train, 32, str(tmp_path / "fg"), True,
+                                    tmp_path / "cache", required=False)
+    assert src.source == f"computed:{tmp_path / 'cache'}"
+    assert "no released foreground masks in" in src.note and "preview.png" in src.note
+    assert src.record()["kind"] == "computed"
 
 
 def test_computed_fg_masks_cover_synthetic_object_and_cache(tmp_path: Path, monkeypatch) -> None:

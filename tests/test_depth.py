@@ -76,20 +76,15 @@ def test_read_xyz_nan_points_become_missing_with_warning(tmp_path: Path) -> None
 # ----------------------------------------------------------------------------- preprocessing
 
 
-def test_tilted_background_plane_is_removed_exactly() -> None:
+def test_plane_mask_marks_the_object_and_the_depth_keeps_the_table() -> None:
     box = (slice(10, 22), slice(12, 26))
     xyz = _plane_xyz(32, box)
     depth, plane = preprocess_depth(xyz, 32)
     expected = np.zeros((32, 32), np.float32)
     expected[box] = 1.0
     np.testing.assert_array_equal(plane, expected)
-    # Object keeps its raw z; background farther than the 2 fill passes stays exactly 0.
-    np.testing.assert_array_equal(depth[box], xyz[..., 2][box])
-    far = np.ones((32, 32), bool)
-    far[box[0].start - 2 : box[0].stop + 2, box[1].start - 2 : box[1].stop + 2] = False
-    assert np.all(depth[far] == 0)
-    # The two fill passes grow the object by exactly two pixels into the background.
-    assert depth[box[0].start - 2, 18] != 0 and depth[box[0].start - 3, 18] == 0
+    # SPEC §1: the plane mask never touches the input; the depth is the whole measured z.
+    np.testing.assert_array_equal(depth, xyz[..., 2])
 
 
 def test_points_closer_than_threshold_to_plane_are_background() -> None:
@@ -135,13 +130,13 @@ def test_fill_holes_two_passes_spread_two_pixels() -> None:
 def test_nearest_resize_picks_source_points() -> None:
     xyz = _plane_xyz(64)
     xyz[..., 2] += np.arange(64 * 64).reshape(64, 64) * 1e-7  # make every z unique
-    depth, _ = preprocess_depth(xyz, 32)  # nothing is foreground: depth is 0, but check the resize
+    depth, _ = preprocess_depth(xyz, 32)  # nothing is foreground, which does not matter to the depth
     from data.depth import _resize_nearest
 
     small = _resize_nearest(xyz, 32)
     np.testing.assert_array_equal(small, xyz[::2, ::2])
     np.testing.assert_array_equal(_resize_nearest(xyz, 64), xyz)
-    assert depth.shape == (32, 32)
+    np.testing.assert_array_equal(depth, xyz[::2, ::2, 2])
 
 
 def test_unfittable_plane_warns_and_keeps_measured_points() -> None:
@@ -208,3 +203,87 @@ def test_fill_holes_properties(d: np.ndarray, passes: int) -> None:
         assert out[out != 0].min() >= d[nz].min() - 1e-6 and out.max() <= d[nz].max() + 1e-6
     norm = normalise_depth(out, 0.0, 1.65)[0].numpy()
     np.testing.assert_array_equal(norm == 0, out == 0)  # normalisation keeps exactly the zeros
+
+
+# ----------------------------------------------------------------------------- the depth channel, by hand
+
+
+def _fill_by_hand(z: np.ndarray) -> np.ndarray:
+    """SPEC §1 hole filling written as loops: each zero pixel takes the mean of the non-zero
+    values of its 3x3 neighbourhood; all pixels of a pass read the previous pass."""
+    out = z.astype(np.float64)
+    h, w = out.shape
+    for _ in range(2):
+        prev = out.copy()
+        for r in range(h):
+            for c in range(w):
+                if prev[r, c] != 0:
+                    continue
+                vals = [prev[rr, cc] for rr in range(max(0, r - 1), min(h, r + 2))
+                        for cc in range(max(0, c - 1), min(w, c + 2)) if prev[rr, cc] != 0]
+                if vals:
+                    out[r, c] = sum(vals) / len(vals)
+    return out
+
+
+def _depth_scene(full: int, seed: int) -> np.ndarray:
+    """A full-size xyz scene: tilted table, a raised object, a single missing point, a 3x3 hole
+    on the table and a 12x12 hole (too large for two passes at half size) in the object."""
+    xyz = xyz_scene(full, seed, n_missing=1)
+    xyz[6:9, full - 12:full - 9] = 0.0
+    xyz[full // 2 - 6:full // 2 + 6, full // 2 - 6:full // 2 + 6] = 0.0
+    return xyz
+
+
+def test_depth_channel_of_mvtec3d_equals_spec_by_hand(tmp_path: Path) -> None:
+    """SPEC §1: nearest resize, depth = the whole z (table included), two filling passes,
+    (z - gmax) / (gmax - gmin) with gmin/gmax from the raw full-size training tiffs, and
+    pixels still empty after filling stay 0. Train and test sets alike."""
+    from data.datasets import TestDataset, TrainDataset
+    from tests.layouts import make_mvtec3d
+
+    full, size = 64, 32
+    root = make_mvtec3d(tmp_path, n_train=2, n_test_good=1, defects=("hole",), n_per_defect=1, size=full)
+    cat = root / "tire"
+    scenes = {cat / "train/good/xyz/000.tiff": _depth_scene(full, 0),
+              cat / "train/good/xyz/001.tiff": _depth_scene(full, 1),
+              cat / "test/good/xyz/000.tiff": _depth_scene(full, 5),
+              cat / "test/hole/xyz/000.tiff": _depth_scene(full, 6)}
+    # Extremes on pixels that the 2x nearest resize drops: gmin/gmax must see the raw files.
+    scenes[cat / "train/good/xyz/000.tiff"][21, 33, 2] = 1.5
+    scenes[cat / "train/good/xyz/001.tiff"][41, 13, 2] = -0.2
+    for path, xyz in scenes.items():
+        _write_tiff(path, xyz)
+    gmin, gmax = 0.9 * -0.2, 1.1 * 1.5
+
+    def by_hand(xyz: np.ndarray) -> np.ndarray:
+        small_z = xyz[::2, ::2, 2]  # nearest: source index floor(dst * 64 / 32)
+        filled = _fill_by_hand(small_z)
+        return np.where(filled != 0, (filled - gmax) / (gmax - gmin), 0.0)
+
+    train = TrainDataset("mvtec3d", root, "tire", "d", size)
+    assert train.depth_norm == pytest.approx((gmin, gmax))
+    for i, name in enumerate(("000", "001")):
+        expected = by_hand(scenes[cat / f"train/good/xyz/{name}.tiff"])
+        np.testing.assert_allclose(train[i]["image"][0].numpy(), expected, atol=1e-5, rtol=0)
+    test = TestDataset("mvtec3d", root, "tire", "rgbd", size, depth_norm=train.depth_norm)
+    for item in test:
+        defect = "good" if item["label"] == 0 else "hole"
+        expected = by_hand(scenes[cat / f"test/{defect}/xyz/000.tiff"])
+        np.testing.assert_allclose(item["image"][3].numpy(), expected, atol=1e-5, rtol=0)
+    # The table is in the input, not blanked: about (0.6 - 2.0) / 2.2 here, -0.35..-0.5 on MVTec 3D-AD.
+    corner = train[0]["image"][0, -4:, :4].numpy()
+    table_z = scenes[cat / "train/good/xyz/000.tiff"][::2, ::2, 2][-4:, :4]
+    np.testing.assert_allclose(corner, (table_z - gmax) / (gmax - gmin), atol=1e-6)
+    assert (corner < -0.5).all()
+    # The hole is 6x6 at half size: two passes fill two rings, its 2x2 core stays exactly 0.
+    assert (train[0]["image"][0, 15:17, 15:17] == 0).all()
+
+
+def test_depth_range_uses_released_start_values_on_mvtec_like_scenes(tmp_path: Path) -> None:
+    """All z in (0, 1): gmin = 0.9 * min(0, .) = 0 and gmax = 1.1 * max(1, .) = 1.1 (SPEC §1)."""
+    from data.datasets import TrainDataset
+    from tests.layouts import make_mvtec3d
+
+    root = make_mvtec3d(tmp_path, n_train=2, size=32)
+    assert TrainDataset("mvtec3d", root, "tire", "d", 32).depth_norm == pytest.approx((0.0, 1.1))

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from data import augment, synthesis
 from data.perlin import perlin_anomaly_map, rand_perlin_2d, rotate_map
+import data.synthesis as synthesis_module
 from data.synthesis import AnomalySynthesizer, choose_tau, depth_perturbation, shuffle_tiles, to_uint8_image
 from data.textures import EXCLUDED_SKIMAGE_STEMS, TextureSource
 from data.training_data import HalfBatchSampler, SyntheticAnomalyDataset, make_train_loader
@@ -149,10 +150,13 @@ def test_augmentation_semantics() -> None:
     img = _test_image()
     rng = np.random.default_rng(0)
     assert torch.equal(augment.invert(img, rng), 255 - img)
-    sol = augment.solarize(img, rng)
-    # Solarize keeps dark values (< 32 always below threshold) and inverts very bright ones (>= 128).
-    assert torch.equal(sol[img < 32], img[img < 32])
-    assert torch.equal(sol[img >= 128], 255 - img[img >= 128])
+    for seed in range(40):
+        sol = augment.solarize(img, np.random.default_rng(seed))
+        if torch.equal(sol, img):
+            continue  # the p = 0.5 coin said no (test_solarize_applies_half_the_time)
+        # Solarize keeps dark values (< 32 always below threshold) and inverts very bright ones (>= 128).
+        assert torch.equal(sol[img < 32], img[img < 32])
+        assert torch.equal(sol[img >= 128], 255 - img[img >= 128])
     # Posterize keeps only top bits: the lowest bit is always cleared (nb_bits <= 8 ... draw until < 8).
     post = augment.posterize(img, np.random.default_rng(1))
     assert int((post.int() & 1).sum()) == 0 or torch.equal(post, img)
@@ -357,27 +361,108 @@ def test_depth_eps_properties() -> None:
         if (eps < 0).any():
             signs.add(-1)
     assert signs == {1, -1}
-    # The rescaling reaches +-0.1 exactly at the extreme hills.
-    p = perlin_anomaly_map(64, np.random.default_rng(0))
-    d = depth_perturbation(p)
-    assert d.max() == pytest.approx(0.1) and d.min() == pytest.approx(-0.1)
-    assert np.all(np.sign(d) == np.sign(p))
 
 
 def test_condition_mask_tau_cases() -> None:
     p = perlin_anomaly_map(64, np.random.default_rng(0))
     taus = np.array([choose_tau(p, np.random.default_rng(s)) for s in range(800)])
-    top = np.abs(p).max()
+    top = p.max()  # SPEC §2: the maximum of the SIGNED map
+    assert top > 0.5
     frac = {
-        "empty": np.mean(taus == top),
+        "max": np.mean(taus == top),
         "equal": np.mean(taus == 0.5),
-        "above": np.mean((taus > 0.5) & (taus < top)),
+        "above": np.mean((taus > 0.5) & (taus < 1.0) & (taus != top)),
         "below": np.mean(taus < 0.5),
     }
     for k, f in frac.items():
         assert 0.18 < f < 0.32, (k, frac)
     assert np.all((taus >= 0) & (taus <= max(top, 1.0)))
-    assert not np.any(np.abs(p) > top)  # tau = max|P| gives an empty M_c
+
+
+def _two_hills(size: int, positive: float, negative: float) -> np.ndarray:
+    """A smooth map with one positive hill of height ``positive`` and one negative hill of
+    depth ``negative`` (both > 0.5 in magnitude), zero elsewhere."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    hill = lambda cy, cx: np.exp(-(((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (size / 10) ** 2)))
+    return (positive * hill(size / 3, size / 3) - negative * hill(2 * size / 3, 2 * size / 3)).astype(np.float32)
+
+
+def test_deeper_negative_hill_stays_in_the_condition_mask_of_the_first_case(monkeypatch) -> None:
+    """tau = max(P) (SPEC §2): where the negative hill is deeper than the positive one is high,
+    M_c = 1[|P| > max P] keeps the part of the negative hill below -max P, not nothing."""
+    p = _two_hills(64, positive=0.7, negative=0.9)
+    monkeypatch.setattr(synthesis_module, "perlin_anomaly_map", lambda size, rng: p.copy())
+    synth = AnomalySynthesizer("d", 64, None)
+    fg = torch.ones(1, 64, 64)
+    deep_part = torch.from_numpy(p < -p.max())[None]
+    assert deep_part.any()
+    cases = 0
+    for seed in range(200):
+        out = synth(torch.full((1, 64, 64), -0.7), fg, np.random.default_rng(seed))
+        mc = out["mask_c"].bool()
+        if torch.equal(mc, deep_part):
+            cases += 1
+    assert 30 < cases < 70  # about a quarter of the draws
+
+
+def test_depth_bump_rises_from_zero_at_the_mask_edge() -> None:
+    """SPEC §2: (P - 0.5) on positive hills, (P + 0.5) on negative ones, each divided by its own
+    largest magnitude, times 0.1: 0 at the edge |P| = 0.5, +-0.1 at the extremes."""
+    for seed in range(10):
+        p = perlin_anomaly_map(64, np.random.default_rng(seed)).astype(np.float64)
+        got = depth_perturbation(p)
+        expected = np.zeros_like(p)
+        if p.max() > 0.5:
+            expected = np.where(p > 0.5, 0.1 * (p - 0.5) / (p.max() - 0.5), expected)
+        if p.min() < -0.5:
+            expected = np.where(p < -0.5, 0.1 * (p + 0.5) / (-0.5 - p.min()), expected)
+        np.testing.assert_allclose(got * (np.abs(p) > 0.5), expected, atol=1e-12)
+        if p.max() > 0.5:
+            assert got.max() == pytest.approx(0.1)
+        if p.min() < -0.5:
+            assert got.min() == pytest.approx(-0.1)
+        inside = np.abs(p) > 0.5
+        if inside.sum() > 50:
+            assert np.abs(got[inside]).min() < 0.005  # no step at the edge
+
+
+def test_solarize_applies_half_the_time() -> None:
+    """The released code passes p = 0.5 to imgaug's Solarize: half the draws leave the image."""
+    img = _test_image()
+    applied = sum(not torch.equal(augment.solarize(img, np.random.default_rng(s)), img) for s in range(400))
+    assert 0.42 < applied / 400 < 0.58
+
+
+def test_brightness_uses_six_colour_spaces_equally(monkeypatch) -> None:
+    """MultiplyAndAddToBrightness draws YCrCb, HSV, HLS, Lab, Luv or YUV per image (SPEC §2)."""
+    import cv2
+
+    forward = {cv2.COLOR_RGB2YCrCb: "YCrCb", cv2.COLOR_RGB2HSV: "HSV", cv2.COLOR_RGB2HLS: "HLS",
+               cv2.COLOR_RGB2Lab: "Lab", cv2.COLOR_RGB2Luv: "Luv", cv2.COLOR_RGB2YUV: "YUV"}
+    seen: list[str] = []
+    real = cv2.cvtColor
+
+    def spy(img, code):
+        if code in forward:
+            seen.append(forward[code])
+        return real(img, code)
+
+    monkeypatch.setattr(augment.cv2, "cvtColor", spy)
+    img = _test_image()
+    for s in range(600):
+        augment.brightness(img, np.random.default_rng(s))
+    counts = {name: seen.count(name) for name in forward.values()}
+    assert len(seen) == 600 and all(70 < c < 130 for c in counts.values()), counts
+
+
+def test_brightness_changes_only_the_brightness_channel() -> None:
+    """Chroma stays (up to uint8 rounding) in the space that was drawn: hue and saturation in
+    HSV, for instance, so a grey image stays grey."""
+    grey = torch.full((3, 16, 16), 100, dtype=torch.uint8)
+    for s in range(30):
+        out = augment.brightness(grey, np.random.default_rng(s))
+        spread = (out.int().amax(0) - out.int().amin(0)).max()
+        assert spread <= 2, s
 
 
 def test_condition_mask_statistics() -> None:

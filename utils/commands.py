@@ -42,6 +42,14 @@ def run_train(args: argparse.Namespace, categories: list[str] | None = None) -> 
         paths = RunPaths(args.log_path, args.run_name)
         if categories is None:
             categories = resolve_categories(args.dataset, args.data_path, args.category)
+        if args.preview_synthesis:
+            if dist.is_main:
+                from utils.synthesis_preview import run_preview
+
+                if args.mode != "d":
+                    texture_source(args, announce=True)
+                run_preview(args, categories, paths)
+            return {}
         if dist.is_main:
             check_run_folder(paths, checkpoint_bytes(parameter_count(args), args.keep_last))
             if args.mode != "d":
@@ -98,7 +106,7 @@ def test_categories(args: argparse.Namespace, categories: list[str], paths: RunP
             continue
         write_results(out, results, {
             "run": args.run_name, "category": cat, "checkpoint": str(paths.weights(cat)),
-            "epoch": meta.get("epoch"), "config": {k: v for k, v in vars(args).items()
+            "epoch": meta.get("epoch"), "fg_masks": meta.get("fg_masks"), "config": {k: v for k, v in vars(args).items()
                                                    if isinstance(v, (str, int, float, bool, list, type(None)))},
         })
         if out.metrics.get("image_f1_threshold") is not None:

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from models.modes import network_width
 from models.unet import TransFusionUNet, UNetConfig
 from utils.atomic import atomic_torch_save, atomic_write_json
 from utils.errors import TransFusionError
@@ -73,7 +74,7 @@ class RunPaths:
 
 def unet_config_from_args(args: Any) -> UNetConfig:
     try:
-        return UNetConfig(mode=args.mode, n_channels=args.unet_channel_num,
+        return UNetConfig(mode=args.mode, n_channels=network_width(args.mode, args.unet_channel_num),
                           ch_mults=tuple(args.unet_ch_mults), attn=tuple(args.unet_attn),
                           group_conv=tuple(args.unet_group_conv), n_blocks=args.unet_n_blocks)
     except ValueError as exc:
@@ -143,5 +144,5 @@ def load_network(paths: RunPaths, category: str, args: Any, device: torch.device
     stripped = {k.removeprefix("model."): v for k, v in state.items()}
     validate_against_model(stripped, net, path)
     net.load_state_dict(stripped)
-    net = apply_memory_format(net.to(device), getattr(args, "memory_format", "auto"), device)
+    net = apply_memory_format(net.to(device), args.memory_format)
     return net.eval(), meta

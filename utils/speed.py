@@ -2,8 +2,8 @@
 
 - ``--amp {off,bf16,fp16}`` mixed precision for the network (opt-in: changes the numbers);
 - ``--compile`` torch.compile (opt-in);
-- ``--memory-format`` the tensor layout of the network (default: channels_last on CPU, where it
-  measures ~10 % faster at 128-256 px; outputs agree within 1e-5);
+- ``--memory-format`` the tensor layout of the network (default contiguous, the original's;
+  channels_last is opt-in: faster on CPU, slightly different scores);
 - `tune_allocator`: glibc keeps freed tensor memory up to 32 MiB blocks for reuse (default in
   the CLI, ~5 % faster 256 px evaluation); ``--malloc-reuse`` extends it to every block (opt-in:
   15 % faster 256 px CPU training, 26 % more peak memory).
@@ -19,7 +19,7 @@ from typing import Any, ContextManager
 import torch
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+MEMORY_FORMATS = ("contiguous", "channels_last")
 
 
 def autocast(device: torch.device, amp: str) -> ContextManager[Any]:
@@ -48,17 +48,18 @@ def maybe_compile(net: torch.nn.Module, enabled: bool) -> torch.nn.Module:
     return torch.compile(net)
 
 
-def memory_format(choice: str, device: torch.device) -> torch.memory_format:
-    """``auto``: channels_last on CPU (measured faster, benchmarks/README.md), contiguous elsewhere
-    (not measured here on GPUs; benchmarks/gpu_check.py compares both)."""
-    if choice == "auto":
-        return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+def memory_format(choice: str) -> torch.memory_format:
+    """``contiguous``, the original's layout and the default everywhere; ``channels_last`` is
+    opt-in: ~10 % faster on CPU at 128-256 px, but its other summation order moves logits by
+    float noise, which flips mask pixels that sit near the threshold (README)."""
+    if choice not in MEMORY_FORMATS:
+        raise ValueError(f"memory format must be one of {MEMORY_FORMATS}, got {choice!r}")
     return torch.channels_last if choice == "channels_last" else torch.contiguous_format
 
 
-def apply_memory_format(net: torch.nn.Module, choice: str, device: torch.device) -> torch.nn.Module:
+def apply_memory_format(net: torch.nn.Module, choice: str) -> torch.nn.Module:
     """Lay out the network's 4-d weights; activations follow (a convolution keeps its weight's layout)."""
-    return net.to(memory_format=memory_format(choice, device))
+    return net.to(memory_format=memory_format(choice))
 
 
 _M_TRIM_THRESHOLD = -1

@@ -18,11 +18,12 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from data.datasets import TestDataset, TrainDataset, find_test_samples, find_train_images
-from data.fg_masks import FgMaskSource
+from data.fg_masks import DEFAULT_FG_MASK_PATH, FgMaskSource
 from data.synthesis import AnomalySynthesizer
 from data.textures import TextureSource
 from data.training_data import make_train_loader
 from models.losses import transfusion_loss
+from models.modes import network_width
 from models.transparency import TransparencyProcess, make_training_input
 from models.unet import TransFusionUNet
 from utils.atomic import atomic_torch_save
@@ -114,7 +115,10 @@ def _latest_state(paths: RunPaths, category: str) -> dict[str, Any] | None:
 
 
 def _foreground_masks(args: Any, category: str, paths: RunPaths, dist: Dist) -> FgMaskSource | None:
-    """Rank 0 computes (and caches) the masks first; the other ranks then read the cache."""
+    """Rank 0 computes (and caches) the masks first; the other ranks then read the cache.
+
+    The released masks are looked for in --fg-mask-path, else in ./fg_masks/ as the released
+    code does; where the default folder lacks them they are computed, and the run says so."""
     if args.mode != "rgb":
         return None  # depth modes use the depth plane mask, made by the dataset
     train_paths = find_train_images(args.dataset, args.data_path, category)
@@ -122,28 +126,83 @@ def _foreground_masks(args: Any, category: str, paths: RunPaths, dist: Dist) -> 
     for turn in (True, False):
         if dist.is_main == turn:
             fg = FgMaskSource.for_category(args.dataset, category, train_paths, args.img_size,
-                                           args.fg_mask_path, not args.no_fg_masks,
-                                           paths.fg_mask_cache(category))
+                                           args.fg_mask_path or DEFAULT_FG_MASK_PATH, not args.no_fg_masks,
+                                           paths.fg_mask_cache(category), required=args.fg_mask_path is not None)
         barrier(dist)
     return fg
+
+
+def fg_mask_record(args: Any, category: str, fg: FgMaskSource | None) -> dict[str, Any]:
+    """Which foreground masks placed the synthetic anomalies, for the meta and summary files."""
+    if fg is not None:
+        return fg.record()
+    if args.mode != "rgb":
+        return {"kind": "depth-plane", "path": ""}
+    if args.no_fg_masks:
+        return {"kind": "none", "path": "", "why": "--no-fg-masks"}
+    return {"kind": "none", "path": "", "why": "texture category"}
+
+
+def evaluates_after(epoch_index: int, every: int) -> bool:
+    """The released schedule: evaluate after the epoch of 0-based index e when e % every == 0
+    (so after the first epoch, and after the 751st with the default 750); 0 means never."""
+    return every > 0 and epoch_index % every == 0
+
+
+@dataclass
+class TrainingData:
+    """What feeds one category's training: the same objects for training and --preview-synthesis."""
+
+    process: TransparencyProcess
+    train_set: TrainDataset
+    loader: Any
+    fg: FgMaskSource | None
+    depth_norm: tuple[float, float] | None
+
+
+def training_data(args: Any, category: str, paths: RunPaths, dist: Dist = SINGLE) -> TrainingData:
+    """Foreground masks, the training set, the synthesizer and the half-anomalous loader."""
+    process = TransparencyProcess(args.diffusion_num_steps, args.mode)
+    fg = _foreground_masks(args, category, paths, dist)
+    if fg is not None and dist.is_main:
+        print(f"[{category}] {fg.note}")
+    train_set = TrainDataset(args.dataset, args.data_path, category, args.mode, args.img_size, fg_masks=fg)
+    textures = texture_source(args, announce=False) if args.mode != "d" else None
+    synthesizer = AnomalySynthesizer(args.mode, args.img_size, textures)
+    loader = make_train_loader(train_set, synthesizer, args.bs, args.seed, args.workers,
+                               rank=dist.rank, world_size=dist.world_size)
+    return TrainingData(process, train_set, loader, fg, train_set.depth_norm)
+
+
+def _announce_evaluation(args: Any, category: str, test_set: TestDataset, start_epoch: int,
+                         device: torch.device, log: Any) -> None:
+    """Say when the test set will be evaluated during training, and what that costs on a CPU."""
+    epochs = [e + 1 for e in range(start_epoch, args.epoch_num) if evaluates_after(e, args.eval_epoch_num)]
+    if not epochs:
+        return
+    shown = ", ".join(str(e) for e in epochs[:4]) + (f", ... ({len(epochs)} in all)" if len(epochs) > 4 else "")
+    line = (f"[{category}] evaluating the {len(test_set)} test images after epoch{'s' if len(epochs) > 1 else ''} "
+            f"{shown} (--eval-epoch-num {args.eval_epoch_num}")
+    if device.type == "cpu":
+        # 18 passes of 366.5 GFLOP at 256 px with the default width; FLOPs scale with pixels x width^2
+        width = network_width(args.mode, args.unet_channel_num) / (128 if args.mode == "rgbd" else 64)
+        tflop = (args.diffusion_num_steps - 2) * 366.5e-3 * (args.img_size / 256) ** 2 * width ** 2
+        line += (f"); on a CPU each image costs {tflop:.2g} TFLOP, about 1-2 min per image at 256 px "
+                 f"on 2 cores; --eval-epoch-num 0 turns it off")
+    else:
+        line += "; 0 turns it off)"
+    log(line)
 
 
 def train_category(args: Any, category: str, device: torch.device, paths: RunPaths,
                    dist: Dist = SINGLE) -> TrainOutcome:
     """Train one category; with ``dist`` enabled, as one rank of DistributedDataParallel."""
     cfg = unet_config_from_args(args)
-    process = TransparencyProcess(args.diffusion_num_steps, args.mode)
     progress = not args.quiet and dist.is_main
     log = print if dist.is_main else (lambda *a, **k: None)
 
-    fg = _foreground_masks(args, category, paths, dist)
-    train_set = TrainDataset(args.dataset, args.data_path, category, args.mode, args.img_size,
-                             fg_masks=fg)
-    depth_norm = getattr(train_set, "depth_norm", None)
-    textures = texture_source(args, announce=False) if args.mode != "d" else None
-    synthesizer = AnomalySynthesizer(args.mode, args.img_size, textures)
-    loader = make_train_loader(train_set, synthesizer, args.bs, args.seed, args.workers,
-                               rank=dist.rank, world_size=dist.world_size)
+    data = training_data(args, category, paths, dist)
+    process, loader, depth_norm = data.process, data.loader, data.depth_norm
 
     test_set = None
     if args.eval_epoch_num > 0 and find_test_samples(args.dataset, args.data_path, category):
@@ -151,7 +210,7 @@ def train_category(args: Any, category: str, device: torch.device, paths: RunPat
                                depth_norm=depth_norm)
 
     torch.manual_seed(args.seed)  # the same initial weights on every rank
-    net = apply_memory_format(TransFusionUNet(cfg).to(device), args.memory_format, device)
+    net = apply_memory_format(TransFusionUNet(cfg).to(device), args.memory_format)
     scaler = grad_scaler(device, args.amp)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=args.step_size, gamma=args.gamma)
@@ -181,6 +240,8 @@ def train_category(args: Any, category: str, device: torch.device, paths: RunPat
     if start_epoch >= args.epoch_num:
         log(f"[{category}] already trained for {start_epoch} epochs (--epoch-num {args.epoch_num})")
         return TrainOutcome(category, start_epoch, 0.0, None)
+    if test_set is not None:
+        _announce_evaluation(args, category, test_set, start_epoch, device, log)
 
     trained = net
     if dist.enabled:
@@ -192,6 +253,7 @@ def train_category(args: Any, category: str, device: torch.device, paths: RunPat
 
     writer = SummaryWriter(str(paths.tensorboard(category))) if dist.is_main else None
     meta = build_meta(cfg, args, start_epoch, depth_norm)
+    meta["fg_masks"] = fg_mask_record(args, category, data.fg)
     steps_per_epoch = len(loader)
     bad_in_a_row = 0
     last_metrics = None
@@ -258,7 +320,7 @@ def train_category(args: Any, category: str, device: torch.device, paths: RunPat
             meta.update(epoch=done)
             if done % args.save_every == 0 or done == args.epoch_num:
                 _save_state(paths, category, net, opt, sched, scaler, gen, done, 0, args.keep_last, meta, dist)
-            if test_set is not None and (done % args.eval_epoch_num == 0 or done == args.epoch_num):
+            if test_set is not None and evaluates_after(epoch, args.eval_epoch_num):
                 out = evaluate(evaluator, process, test_set, device, args.eval_kernel_size, args.eval_w,
                                args.eval_bs, 0, progress=progress, desc=f"[{category}] evaluate",
                                amp=args.amp, dist=dist)

@@ -224,6 +224,34 @@ def save_panel(
                                   map_range))
 
 
+def render_synthesis_sample(x0: Any, x_t: Any, mask: Any, mask_c: Any, t: int, mode: str,
+                            anomalous: bool) -> np.ndarray:
+    """One row of a synthesis preview: x0 | x_t | M | M_c (rgbd: rgb then depth of each image).
+
+    Depth is colour-mapped on one range for x0 and x_t (the union of their valid values), so
+    a synthetic bump shows as a change of colour.
+    """
+    x0, x_t = _to_numpy(x0).astype(np.float32), _to_numpy(x_t).astype(np.float32)
+    panels: list[tuple[np.ndarray, str]] = []
+    lo = hi = 0.0
+    if mode in ("d", "rgbd"):
+        both = np.concatenate([x0[-1][x0[-1] != 0], x_t[-1][x_t[-1] != 0]])
+        lo, hi = _depth_range(both if both.size else np.zeros(1))
+    for name, img in (("x0", x0), (f"x_t (t={t})", x_t)):
+        if mode in ("rgb", "rgbd"):
+            panels.append((_rgb_to_bgr8(img[:3]), name))
+        if mode in ("d", "rgbd"):
+            panels.append((_depth_to_bgr(img[-1], lo, hi), f"{name} depth"))
+    for name, m in (("M" if anomalous else "M (normal half)", mask), ("M_c", mask_c)):
+        g = _to_numpy(m).astype(np.float32).reshape(x0.shape[1:])
+        panels.append((np.repeat(np.where(g > 0.5, 255, 0).astype(np.uint8)[..., None], 3, axis=2), name))
+    h, w = x0.shape[1:]
+    factor = math.ceil(_MIN_SIDE / min(h, w)) if min(h, w) < _MIN_SIDE else 1
+    rendered = [_caption(cv2.resize(img, (w * factor, h * factor), interpolation=cv2.INTER_NEAREST)
+                         if factor > 1 else img, name) for img, name in panels]
+    return _hstack(rendered, _GAP, _DARK)
+
+
 # ---------------------------------------------------------------------------
 # Curves
 # ---------------------------------------------------------------------------

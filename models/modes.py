@@ -1,0 +1,22 @@
+"""The input modes and what they fix about the network: one home for these facts.
+
+Imports nothing (not even torch), so the command-line parser and every layer can use it.
+"""
+from __future__ import annotations
+
+MODES: tuple[str, ...] = ("rgb", "d", "rgbd")
+# Channels of x_t per mode: rgb 3, depth 1, rgb + depth 4 (SPEC §1).
+IMAGE_CHANNELS: dict[str, int] = {"rgb": 3, "d": 1, "rgbd": 4}
+# --unet-channel-num's default, the paper's N.
+DEFAULT_BASE_WIDTH = 64
+
+
+def network_width(mode: str, base_width: int) -> int:
+    """The UNet's n_channels for ``--unet-channel-num N``: N, but 2N in rgbd, whose two-branch
+    network gives each branch N channels (the released code's rule: the default 64 gives 128)."""
+    return 2 * base_width if mode == "rgbd" else base_width
+
+
+def base_width(mode: str, n_channels: int) -> int:
+    """The ``--unet-channel-num`` that builds a network of ``n_channels`` (inverse of network_width)."""
+    return n_channels // 2 if mode == "rgbd" else n_channels
