@@ -24,16 +24,14 @@ def main(argv: list[str] | None = None) -> int:
     from utils.errors import TransFusionError
 
     args = parse_args(argv)
-    from utils import commands
-    from utils.speed import tune_allocator
+    from utils.allocator import tune_allocator
+    from utils.commands import COMMANDS
 
     if not tune_allocator(reuse_large_blocks=args.malloc_reuse) and args.malloc_reuse:
         print("note: --malloc-reuse needs glibc on Linux; ignored", file=sys.stderr)
 
-    dispatch = {"train": commands.run_train, "test": commands.run_test,
-                "demo": commands.run_demo, "predict": commands.run_predict}
     try:
-        dispatch[args.choice](args)
+        COMMANDS[args.choice](args)
     except TransFusionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

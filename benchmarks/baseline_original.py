@@ -166,7 +166,7 @@ def load_reference(path: Path) -> tuple[dict, TransFusionUNet]:
 def check_agreement(size: int = 32, batch: int = 2, n_channels: int = 32, atol: float = 1e-4,
                     verbose: bool = True) -> dict[str, float]:
     """Baseline vs current on a small random network and input; raises if beyond ``atol``."""
-    from utils.evaluation import score_batch
+    from models.scoring import score_batch
 
     torch.manual_seed(0)
     net = TransFusionUNet(UNetConfig(n_channels=n_channels)).eval()
@@ -185,7 +185,7 @@ def check_agreement(size: int = 32, batch: int = 2, n_channels: int = 32, atol: 
     base_res = baseline_reverse(base, process, image)
     out["reverse x_final"] = _maxdiff(cur_res.x_final, base_res.x_final)
     out["reverse mask_disc"] = _maxdiff(cur_res.mask_disc, base_res.mask_disc)
-    cur_maps, _ = score_batch(net, process, image, 7, 0.95)
+    cur_maps, _ = score_batch(net, process, image)
     base_maps = baseline_score(base, process, image)
     out["anomaly map"] = _maxdiff(cur_maps.final, base_maps.final)
     out["image score"] = _maxdiff(cur_maps.scores, base_maps.scores)

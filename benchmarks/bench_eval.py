@@ -13,7 +13,7 @@ Variants (each configuration x variant runs in its own fresh subprocess, so its 
 is its own):
 - ``current``        the project's defaults: utils.evaluation.score_batch (SDPA attention,
                      inference_mode), network in the contiguous layout (the default --memory-format),
-                     utils.speed.tune_allocator() as Experiment.py calls it (so do the variants
+                     utils.allocator.tune_allocator() as Experiment.py calls it (so do the variants
                      below; the baseline keeps glibc's defaults)
 - ``baseline``       benchmarks/baseline_original.py: einsum attention, no_grad loop, scipy scoring
 - ``channels_last``  current code in the channels_last layout (--memory-format channels_last)
@@ -114,7 +114,7 @@ def build_runner(variant: str, size: int, batch: int, n_channels: int):
     from baseline_original import baseline_score, make_baseline
     from models.transparency import TransparencyProcess
     from models.unet import TransFusionUNet, UNetConfig
-    from utils.evaluation import score_batch
+    from models.scoring import ScoringOptions, score_batch
 
     torch.manual_seed(0)
     net = TransFusionUNet(UNetConfig(n_channels=n_channels)).eval()
@@ -131,7 +131,8 @@ def build_runner(variant: str, size: int, batch: int, n_channels: int):
                 net(torch.cat((image, image[:, :1] * 0), 1), t)
         return warm, lambda wrap: baseline_score(wrap(net), process, image, KERNEL, WEIGHT).final
 
-    from utils.speed import apply_memory_format, tune_allocator
+    from models.runtime import apply_memory_format
+    from utils.allocator import tune_allocator
     tune_allocator()  # as Experiment.py does
     net = apply_memory_format(net, "channels_last" if variant == "channels_last" else "contiguous")
     if variant == "jit_freeze":
@@ -146,7 +147,7 @@ def build_runner(variant: str, size: int, batch: int, n_channels: int):
     if variant == "bf16":
         def run(wrap):
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                return score_batch(wrap(net), process, image, KERNEL, WEIGHT)[0].final
+                return score_batch(wrap(net), process, image, ScoringOptions(KERNEL, WEIGHT))[0].final
 
         def warm():
             with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -157,7 +158,7 @@ def build_runner(variant: str, size: int, batch: int, n_channels: int):
         fwd()
         if variant == "jit_freeze":
             fwd()
-    return warm_twice, lambda wrap: score_batch(wrap(net), process, image, KERNEL, WEIGHT)[0].final
+    return warm_twice, lambda wrap: score_batch(wrap(net), process, image, ScoringOptions(KERNEL, WEIGHT))[0].final
 
 
 def worker(args: argparse.Namespace) -> None:

@@ -14,7 +14,7 @@ same batch every step, prepared outside the timed region.
 Variants, each in its own fresh subprocess (so its peak memory is its own):
 - ``current``        the project's defaults: models/unet.py (SDPA attention, norm→SiLU outputs
                      recomputed in backward, models/recompute.py), the contiguous layout (the default
-                     --memory-format), utils.speed.tune_allocator() as the CLI calls it
+                     --memory-format), utils.allocator.tune_allocator() as the CLI calls it
 - ``baseline``       benchmarks/baseline_original.py: the original's einsum attention, every
                      activation stored, contiguous layout, glibc's default allocator settings
 - ``no_recompute``   current without the recomputation (set_recompute(False))
@@ -77,7 +77,8 @@ def build_net(variant: str, n_channels: int):
     from baseline_original import make_baseline
     from models.unet import TransFusionUNet, UNetConfig
 
-    from utils.speed import apply_memory_format, tune_allocator
+    from models.runtime import apply_memory_format
+    from utils.allocator import tune_allocator
 
     torch.manual_seed(0)
     net = TransFusionUNet(UNetConfig(n_channels=n_channels)).train()
@@ -92,12 +93,12 @@ def build_net(variant: str, n_channels: int):
 def train_step(net, opt, batch, amp: str = "off"):
     import torch
     from models.losses import transfusion_loss
-    from utils.speed import autocast
+    from models.runtime import RuntimeOptions
 
     process, x_t, t, x0, eps, mask, mask_c = batch
     inp = torch.cat((x_t, mask_c), 1)
     opt.zero_grad(set_to_none=True)
-    with autocast(torch.device("cpu"), amp):
+    with RuntimeOptions(amp=amp).autocast(x_t.device):  # gpu_check runs this on CUDA too
         eps_hat, x0_hat, logits = net(inp, t)
     terms = transfusion_loss(process, x_t, t, x0, eps, mask, eps_hat.float(), x0_hat.float(), logits.float())
     terms.total.backward()

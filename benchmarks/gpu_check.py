@@ -11,7 +11,7 @@ so a run cut short still leaves what it measured):
 2. training steps/s at ``--size`` px, batch ``--bs`` (default 256, 8): float32 (TF32 off, as the
    original), float32 with TF32 on, bf16 autocast; contiguous and channels_last layouts;
    recomputation of norm→SiLU on and off; peak device memory of each;
-3. evaluation images/s (the full 18-call reverse pass + scoring, utils.evaluation.score_batch) at
+3. evaluation images/s (the full 18-call reverse pass + scoring, models.scoring.score_batch) at
    batch 8: float32, bf16, both layouts.
 
 The network is the default rgb TransFusionUNet with random weights (seed 0); the timed regions
@@ -35,8 +35,8 @@ from baseline_original import load_reference  # noqa: E402
 from bench_train import make_batch, train_step  # noqa: E402
 from models.transparency import TransparencyProcess  # noqa: E402
 from models.unet import TransFusionUNet, UNetConfig  # noqa: E402
-from utils.evaluation import score_batch  # noqa: E402
-from utils.speed import apply_memory_format, autocast  # noqa: E402
+from models.scoring import score_batch  # noqa: E402
+from models.runtime import RuntimeOptions, apply_memory_format  # noqa: E402
 
 STEPS = 20
 
@@ -108,12 +108,12 @@ def time_eval(device: torch.device, size: int, bs: int, amp: str, layout: str, p
     process = TransparencyProcess(STEPS, "rgb")
     image = (torch.rand(bs, 3, size, size, generator=torch.Generator().manual_seed(1)) * 2 - 1).to(device)
     reset_peak(device)
-    with torch.inference_mode(), autocast(device, amp):
-        score_batch(net, process, image, 7, 0.95)
+    with torch.inference_mode(), RuntimeOptions(amp=amp).autocast(device):
+        score_batch(net, process, image)
         sync(device)
         t0 = time.perf_counter()
         for _ in range(passes):
-            score_batch(net, process, image, 7, 0.95)
+            score_batch(net, process, image)
         sync(device)
     dt = (time.perf_counter() - t0) / passes
     return {"images_per_s": bs / dt, "s_per_batch": dt, "peak_mib": peak_mib(device)}

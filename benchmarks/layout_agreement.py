@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from baseline_original import baseline_reverse, baseline_anomaly_maps, load_reference, make_baseline  # noqa: E402
 from data.io import read_rgb  # noqa: E402
 from models.transparency import TransparencyProcess  # noqa: E402
-from utils.evaluation import score_batch  # noqa: E402
-from utils.speed import apply_memory_format  # noqa: E402
+from models.runtime import apply_memory_format  # noqa: E402
+from models.scoring import ScoringOptions, score_batch  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 
@@ -78,7 +78,7 @@ def main() -> None:
         rows = {"float64 baseline": (m64.final, m64.scores, flips(rec.masks, rec64.masks))}
         for name, layout_net in layouts.items():
             r = MaskRecorder(layout_net)
-            maps, _ = score_batch(r, process, x, kernel, weight)
+            maps, _ = score_batch(r, process, x, ScoringOptions(kernel, weight))
             rows[name] = (maps.final, maps.scores, flips(rec.masks, r.masks))
         line = [f"{path.parent.name}/{path.name}: score {float(bmap.scores[0]):.6f}"]
         for name, (final, scores, n_flips) in rows.items():

@@ -30,10 +30,10 @@ from typing import Callable, Iterator, Sequence
 import cv2
 import numpy as np
 
+from data.catalog import DEMO_CATEGORIES, skimage_data_dir
 from utils.atomic import atomic_write_bytes, atomic_write_json
 from utils.errors import TransFusionError
 
-DEMO_CATEGORIES: tuple[str, ...] = ("brick", "grass", "gravel")
 DEFECT_TYPES: tuple[str, ...] = ("scratch", "crack", "hole", "stain", "foreign")
 
 # Bump whenever the generated pixels change, so cached demo folders from an older generator rebuild.
@@ -85,16 +85,9 @@ class DemoSample:
         return f"{self.index:03d}"
 
 
-def skimage_data_dir() -> Path:
-    """The data folder of the installed scikit-image package (read files only; never fetch)."""
-    import skimage
-
-    return Path(skimage.__file__).parent / "data"
-
-
 @lru_cache(maxsize=None)
 def _load_gray(name: str) -> np.ndarray:
-    path = skimage_data_dir() / f"{name}.png"
+    path = (skimage_data_dir() or Path("skimage/data")) / f"{name}.png"
     img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if img is None:
         raise TransFusionError(f"demo data: cannot read texture {path} (is scikit-image installed?)")

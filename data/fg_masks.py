@@ -38,7 +38,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from data.datasets import TEXTURE_CATEGORIES, xyz_path_for
+from data.catalog import TEXTURE_CATEGORIES, xyz_path_for
 from data.depth import preprocess_depth, read_xyz
 from data.io import read_rgb_uint8
 from utils.atomic import atomic_write_bytes, atomic_write_json
@@ -95,6 +95,43 @@ def _work_size(img_size: int) -> int:
     return int(min(max(img_size, 128), 256))
 
 
+def _object_from_distance(dist: np.ndarray, top: float, ring_dist: np.ndarray, w: int) -> np.ndarray:
+    """Threshold the distance-to-background map and clean it into the object's mask (bool w x w).
+
+    Threshold: Otsu, but no higher than 3x the background ring's own 99th-percentile spread: a
+    strongly contrasted part of the object (highlights) would otherwise pull Otsu up and leave
+    the rest of the object out. A too-large mask is harmless (like a texture category); a
+    too-small one hides real anomaly locations. Never below 4 units so sensor noise on a
+    uniform image is not "foreground".
+    """
+    d8 = np.clip(dist / top * 255.0, 0, 255).astype(np.uint8)
+    otsu, _ = cv2.threshold(d8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    ring_spread = float(np.percentile(ring_dist, 99))
+    threshold = max(min(otsu / 255.0 * top, 3.0 * ring_spread), _MIN_DISTANCE)
+    fg = dist > threshold
+
+    k_small = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (max(3, w // 64) | 1,) * 2)
+    k_large = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (max(5, w // 16) | 1,) * 2)
+    m = cv2.morphologyEx(fg.astype(np.uint8), cv2.MORPH_OPEN, k_small)
+    m = cv2.morphologyEx(m, cv2.MORPH_CLOSE, k_large)
+    m = ndimage.binary_fill_holes(m > 0)
+    n, comp = cv2.connectedComponents(m.astype(np.uint8), connectivity=8)
+    if n > 1:
+        areas = np.bincount(comp.ravel())[1:]
+        keep_min = max(0.1 * areas.max(), 0.005 * w * w)
+        m = np.isin(comp, 1 + np.flatnonzero(areas >= keep_min))
+    if m.any():
+        # Convex hull of what was kept: parts of an object that resemble the background
+        # (a dark tyre sidewall on a dark table) are recovered, and a generous mask only
+        # costs some anomalies drawn on background, whereas a missing part would never
+        # see an anomaly at all.
+        pts = cv2.findNonZero(m.astype(np.uint8))
+        hull = np.zeros((w, w), np.uint8)
+        cv2.fillConvexPoly(hull, cv2.convexHull(pts), 1)
+        m = hull > 0
+    return m
+
+
 def compute_fg_mask(rgb: np.ndarray, img_size: int) -> tuple[np.ndarray, bool]:
     """Estimate the object's foreground in an HxWx3 uint8 image.
 
@@ -140,36 +177,7 @@ def compute_fg_mask(rgb: np.ndarray, img_size: int) -> tuple[np.ndarray, bool]:
     top = float(dist.max())
     if top <= 1e-6:
         return np.ones((img_size, img_size), np.uint8), False
-    # Threshold: Otsu, but no higher than 3x the background ring's own 99th-percentile
-    # spread: a strongly contrasted part of the object (highlights) would otherwise pull
-    # Otsu up and leave the rest of the object out. A too-large mask is harmless (like
-    # a texture category); a too-small one hides real anomaly locations. Never below
-    # 4 units so sensor noise on a uniform image is not "foreground".
-    d8 = np.clip(dist / top * 255.0, 0, 255).astype(np.uint8)
-    otsu, _ = cv2.threshold(d8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    ring_spread = float(np.percentile(ring_of(dist[..., None]), 99))
-    threshold = max(min(otsu / 255.0 * top, 3.0 * ring_spread), _MIN_DISTANCE)
-    fg = dist > threshold
-
-    k_small = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (max(3, w // 64) | 1,) * 2)
-    k_large = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (max(5, w // 16) | 1,) * 2)
-    m = cv2.morphologyEx(fg.astype(np.uint8), cv2.MORPH_OPEN, k_small)
-    m = cv2.morphologyEx(m, cv2.MORPH_CLOSE, k_large)
-    m = ndimage.binary_fill_holes(m > 0)
-    n, comp = cv2.connectedComponents(m.astype(np.uint8), connectivity=8)
-    if n > 1:
-        areas = np.bincount(comp.ravel())[1:]
-        keep_min = max(0.1 * areas.max(), 0.005 * w * w)
-        m = np.isin(comp, 1 + np.flatnonzero(areas >= keep_min))
-    if m.any():
-        # Convex hull of what was kept: parts of an object that resemble the background
-        # (a dark tyre sidewall on a dark table) are recovered, and a generous mask only
-        # costs some anomalies drawn on background, whereas a missing part would never
-        # see an anomaly at all.
-        pts = cv2.findNonZero(m.astype(np.uint8))
-        hull = np.zeros((w, w), np.uint8)
-        cv2.fillConvexPoly(hull, cv2.convexHull(pts), 1)
-        m = hull > 0
+    m = _object_from_distance(dist, top, ring_of(dist[..., None]), w)
     frac = float(m.mean())
     if not (_PLAUSIBLE[0] <= frac <= _PLAUSIBLE[1]):
         return np.ones((img_size, img_size), np.uint8), False
@@ -209,7 +217,7 @@ class FgMaskSource:
     """Per-training-image foreground masks, ``src[i]`` → float32 [1, S, S] holding 0/1.
 
     Position ``i`` matches the i-th *sorted* training image (see
-    :func:`data.datasets.find_train_images`). ``source`` says where the masks came from
+    :func:`data.discovery.find_train_images`). ``source`` says where the masks came from
     (``released:<folder>`` or ``computed:<cache>``); ``note`` is the one line a run prints
     about them.
     """

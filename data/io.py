@@ -24,10 +24,8 @@ from PIL import Image, ImageOps
 
 from utils.errors import TransFusionError
 
-__all__ = ["read_rgb", "read_rgb_uint8", "read_mask", "image_hw", "IMAGE_EXTENSIONS"]
+__all__ = ["read_rgb", "read_rgb_uint8", "read_mask", "image_hw"]
 
-# Extensions accepted when a dataset folder is scanned for images (compared lower-case).
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 _EXIF_ORIENTATION_TAG = 0x0112

@@ -9,9 +9,9 @@ from torch import Tensor
 from data.augment import random_augment
 from data.perlin import check_size, perlin_anomaly_map
 from data.textures import TextureSource
+from models.modes import IMAGE_CHANNELS, MODES, has_depth, has_rgb
 from utils.errors import TransFusionError
 
-MODES = ("rgb", "d", "rgbd")
 MASK_THRESHOLD = 0.5
 TILE_GRID = 8  # the structure image is shuffled as an 8 x 8 grid of tiles
 DEPTH_SCALE = 0.1  # largest depth change, in normalised depth units
@@ -85,12 +85,12 @@ class AnomalySynthesizer:
         if mode not in MODES:
             raise TransFusionError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
         check_size(img_size)
-        if mode != "d" and textures is None:
+        if has_rgb(mode) and textures is None:
             raise ValueError(f"mode {mode!r} needs a TextureSource for anomaly appearances")
         self.mode = mode
         self.img_size = int(img_size)
         self.textures = textures
-        self.channels = {"rgb": 3, "d": 1, "rgbd": 4}[mode]
+        self.channels = IMAGE_CHANNELS[mode]
 
     def _appearance(self, rgb: Tensor, rng: np.random.Generator) -> Tensor:
         """Anomaly appearance A in [-1, 1], [3, S, S]: augmented texture, or augmented and
@@ -120,7 +120,7 @@ class AnomalySynthesizer:
         p = perlin_anomaly_map(s, rng)
         abs_p = np.abs(p)
         allowed = fg[0].detach().cpu().numpy() > 0.5
-        if self.mode in ("d", "rgbd"):
+        if has_depth(self.mode):
             # No anomaly where the depth sensor gave no point.
             allowed = allowed & (image[-1].detach().cpu().numpy() != 0)
         mask_np = (abs_p > MASK_THRESHOLD) & allowed
@@ -133,8 +133,8 @@ class AnomalySynthesizer:
         if not mask_np.any():
             return {"eps": eps, "mask": mask, "mask_c": mask_c}
 
-        if self.mode in ("rgb", "rgbd"):
+        if has_rgb(self.mode):
             eps[:3] = self._appearance(image[:3].detach().cpu(), rng) * mask
-        if self.mode in ("d", "rgbd"):
+        if has_depth(self.mode):
             eps[-1] = torch.from_numpy(depth_perturbation(p).astype(np.float32)) * mask[0]
         return {"eps": eps, "mask": mask, "mask_c": mask_c}

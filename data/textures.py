@@ -1,7 +1,6 @@
 """Anomaly appearance sources: the DTD texture set, or a small built-in bank that needs no download."""
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 from typing import Sequence
@@ -12,13 +11,14 @@ from PIL import Image
 from torch import Tensor
 from torchvision.transforms.v2 import functional as F
 
+from data.catalog import DEMO_CATEGORIES, skimage_data_dir
 from data.perlin import rand_perlin_2d
 from utils.errors import TransFusionError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 # The demo builds its "normal" texture categories from these scikit-image samples, so the
 # anomaly bank must not contain them (an anomaly would look like the normal surface).
-EXCLUDED_SKIMAGE_STEMS = {"brick", "grass", "gravel"}
+EXCLUDED_SKIMAGE_STEMS = frozenset(DEMO_CATEGORIES)
 PROCEDURAL_KINDS = ("stripes", "checkers", "blobs", "perlin_colour")
 
 
@@ -45,15 +45,6 @@ def _load_rgb(path: Path) -> np.ndarray:
         raise TransFusionError(
             f"cannot read texture image {path} ({e.__class__.__name__}: {e}): remove or replace the file"
         ) from None
-
-
-def _skimage_data_dir() -> Path | None:
-    """scikit-image's bundled data folder, located without importing skimage.data (no fetcher runs)."""
-    spec = importlib.util.find_spec("skimage")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    d = Path(list(spec.submodule_search_locations)[0]) / "data"
-    return d if d.is_dir() else None
 
 
 def _random_colours(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -147,7 +138,7 @@ class TextureSource:
         The files are read straight from the installed package folder; skimage.data's fetchers
         are never called, so nothing is ever downloaded.
         """
-        data_dir = _skimage_data_dir()
+        data_dir = skimage_data_dir()
         paths: list[Path] = []
         if data_dir is not None:
             paths = sorted(

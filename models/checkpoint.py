@@ -1,76 +1,36 @@
-"""Loading TransFusion checkpoints safely and reading their architecture (SPEC §4, §9).
+"""The released checkpoint format, end to end (SPEC §4, §9): save, load safely, the ``model.``
+prefix, and the architecture read back from the shapes into a `UNetConfig`.
 
 The released weights are `torch.save`d state dicts of the whole TransFusion module, so
-every key starts with ``model.`` (the UNet sits in ``TransFusion.model``). Everything
-here works from keys and shapes alone, so it also works on tensors on the "meta"
-device (no memory for the 112M rgbd parameters), and it never unpickles code:
+every key starts with ``model.`` (the UNet sits in ``TransFusion.model``). Reading the
+architecture works from keys and shapes alone, so it also works on tensors on the "meta"
+device (no memory for the 112M rgbd parameters), and nothing here unpickles code:
 `torch.load(..., weights_only=True)` is the only loader used.
 """
 from __future__ import annotations
 
 import errno
-import math
 import os
 import pickle
 import re
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from models.modes import base_width as base_width_for, network_width
+from models.unet import TransFusionUNet, UNetConfig
+from utils.atomic import atomic_torch_save
 from utils.errors import TransFusionError
 
-MODES = ("rgb", "d", "rgbd")
 PREFIX = "model."
 NOT_TRANSFUSION = "not a TransFusion checkpoint (expected keys like model.image_proj.weight)"
-_HOW_TO_GET = ("download the released weights with scripts/download_weights.py "
-               "or train one with -c train")
+_HOW_TO_GET = "download the released weights with scripts/download_weights.py or train one"
 # in-channels of image_proj = image channels + condition mask + position channel
 _PROJ_IN_TO_MODE = {5: "rgb", 3: "d"}
 _DOWN_KEY = re.compile(r"^model\.down\.(\d+)\.(res|attn|attn_d|conv)\.")
-_UP_KEY = re.compile(r"^model\.up\.(\d+)\.")
 _IO_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EIO, errno.ENXIO, errno.EISDIR, errno.ENOENT})
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    """UNet architecture as stored in a checkpoint; field names match `models.unet.UNetConfig`.
-
-    ``ch_mults`` are cumulative (level widths n_channels·prod(mults[:l+1])); in rgbd the
-    widths count both branches. ``group_conv`` only matters in rgbd (grouped in two per
-    level); it defaults to all True, the released setting, so
-    ``UNetConfig(**dataclasses.asdict(spec))`` rebuilds the network.
-    """
-
-    mode: str
-    n_channels: int
-    ch_mults: tuple[int, ...]
-    attn: tuple[bool, ...]
-    n_blocks: int
-    group_conv: tuple[bool, ...] | None = None
-
-    def __post_init__(self) -> None:
-        # frozen: fill the default through object.__setattr__ so callers may omit it
-        if self.group_conv is None:
-            object.__setattr__(self, "group_conv", (True,) * len(self.ch_mults))
-
-    @property
-    def image_channels(self) -> int:
-        """Channels of x_t: rgb 3, d 1, rgbd 4."""
-        return {"rgb": 3, "d": 1, "rgbd": 4}[self.mode]
-
-    @property
-    def level_widths(self) -> tuple[int, ...]:
-        """Output width of each level (full two-branch width in rgbd)."""
-        widths, w = [], self.n_channels
-        for m in self.ch_mults:
-            w *= m
-            widths.append(w)
-        return tuple(widths)
 
 
 # --------------------------------------------------------------------------- loading
@@ -130,6 +90,24 @@ def normalize_state_dict(obj: Any, path: str | os.PathLike | None = None) -> dic
     return out
 
 
+RELEASED_HINT = "re-download it with scripts/download_weights.py"
+
+
+class CheckpointError(TransFusionError):
+    """A checkpoint file that is missing or damaged: ``problem``, then ``hint`` on what to do.
+
+    The hint defaults to the released weights' download script; a caller that knows the file
+    is a run's own (and can be rebuilt from a training state) gives a better one, `with_hint`.
+    """
+
+    def __init__(self, problem: str, hint: str = RELEASED_HINT) -> None:
+        self.problem, self.hint = problem, hint
+        super().__init__(f"{problem}; {hint}")
+
+    def with_hint(self, hint: str) -> "CheckpointError":
+        return CheckpointError(self.problem, hint)
+
+
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load a checkpoint on the CPU without running pickled code; errors are one line.
 
@@ -137,7 +115,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """
     p = Path(path)
     if not p.exists():
-        raise TransFusionError(f"{path}: checkpoint not found; {_HOW_TO_GET}")
+        raise CheckpointError(f"{path}: checkpoint not found", _HOW_TO_GET)
     if not p.is_file():
         raise TransFusionError(f"{path}: is not a file; point to a <category>_model.pkl checkpoint")
     try:
@@ -156,9 +134,8 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                 f"re-download with scripts/download_weights.py") from None
         inner = re.search(r"WeightsUnpickler error:\s*(.+)", text)
         reason = _one_line(inner.group(1) if inner else text)
-        raise TransFusionError(f"{path}: corrupt or not a PyTorch checkpoint (unreadable pickle "
-                               f"data: {reason}); re-download it with scripts/download_weights.py"
-                               ) from None
+        raise CheckpointError(f"{path}: corrupt or not a PyTorch checkpoint (unreadable pickle data: {reason})"
+                              ) from None
     except MemoryError:
         raise
     except Exception as e:  # zip/EOF/format errors surface with many types; all mean "bad file"
@@ -167,10 +144,8 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             # directory also surfaces as an OSError, EINVAL from a bad seek: that is "bad file".)
             raise TransFusionError(f"{path}: cannot be read ({e.strerror or e}); check the file's "
                                    f"permissions and the disk") from None
-        raise TransFusionError(
-            f"{path}: truncated, corrupt or not a PyTorch checkpoint "
-            f"({type(e).__name__}: {_one_line(str(e))}); re-download it with "
-            f"scripts/download_weights.py") from None
+        raise CheckpointError(f"{path}: truncated, corrupt or not a PyTorch checkpoint "
+                              f"({type(e).__name__}: {_one_line(str(e))})") from None
     return normalize_state_dict(obj, path)
 
 
@@ -186,29 +161,20 @@ def _dim(sd: Mapping[str, torch.Tensor], key: str, axis: int, where: str) -> int
     return shape[axis]
 
 
-def infer_arch(state_dict: Mapping[str, torch.Tensor],
-               path: str | os.PathLike | None = None) -> ArchSpec:
-    """Read mode, width, multipliers, attention levels and blocks per level from shapes only."""
-    where = f"{path}: " if path is not None else ""
-    sd = state_dict
-
+def _mode_of(sd: Mapping[str, torch.Tensor], where: str) -> str:
     if f"{PREFIX}image_proj_rgb.weight" in sd and f"{PREFIX}image_proj_d.weight" in sd:
-        mode = "rgbd"
-    elif f"{PREFIX}image_proj.weight" in sd:
-        c_in = _dim(sd, f"{PREFIX}image_proj.weight", 1, where)
-        if c_in not in _PROJ_IN_TO_MODE:
-            raise TransFusionError(f"{where}model.image_proj.weight takes {c_in} input channels; "
-                                   f"expected 5 (rgb) or 3 (d)")
-        mode = _PROJ_IN_TO_MODE[c_in]
-    else:
+        return "rgbd"
+    if f"{PREFIX}image_proj.weight" not in sd:
         raise TransFusionError(f"{where}{NOT_TRANSFUSION}")
+    c_in = _dim(sd, f"{PREFIX}image_proj.weight", 1, where)
+    if c_in not in _PROJ_IN_TO_MODE:
+        raise TransFusionError(f"{where}model.image_proj.weight takes {c_in} input channels; "
+                               f"expected 5 (rgb) or 3 (d)")
+    return _PROJ_IN_TO_MODE[c_in]
 
-    # the sinusoidal embedding has n_channels dims and feeds linear_1
-    n_channels = _dim(sd, f"{PREFIX}time_emb.linear_1.weight", 1, where)
-    if n_channels <= 0:
-        raise TransFusionError(f"{where}model.time_emb.linear_1.weight is empty; not a TransFusion checkpoint")
 
-    # down.<i> is either a block (res [+ attn]) or a Downsample (conv) closing a level
+def _down_levels(sd: Mapping[str, torch.Tensor], where: str) -> list[list[int]]:
+    """Indices of model.down.<i> residual blocks, grouped by level (a Downsample closes a level)."""
     kinds: dict[int, set[str]] = {}
     for key in sd:
         m = _DOWN_KEY.match(key)
@@ -228,169 +194,59 @@ def infer_arch(state_dict: Mapping[str, torch.Tensor],
             raise TransFusionError(f"{where}model.down.{i} has attention but no residual block")
     if not levels[-1]:
         raise TransFusionError(f"{where}model.down ends with a downsample, not a residual block")
-    blocks_per_level = {len(lv) for lv in levels}
-    if len(blocks_per_level) != 1:
+    if len({len(lv) for lv in levels}) != 1:
         raise TransFusionError(f"{where}levels have different numbers of blocks "
                                f"{[len(lv) for lv in levels]}; not a TransFusion UNet")
-    n_blocks = blocks_per_level.pop()
+    return levels
 
-    ch_mults: list[int] = []
-    attn: list[bool] = []
-    group_conv: list[bool] = []
+
+def _level(sd: Mapping[str, torch.Tensor], idx: list[int], lv: int, prev: int, where: str
+           ) -> tuple[int, bool, bool]:
+    """(width, attention, grouped conv) of one level from its blocks' shapes."""
+    widths = {_dim(sd, f"{PREFIX}down.{i}.res.conv1.weight", 0, where) for i in idx}
+    if len(widths) != 1:
+        raise TransFusionError(f"{where}level {lv} blocks have different widths {sorted(widths)}")
+    width = widths.pop()
+    if width <= 0 or width % prev:
+        raise TransFusionError(f"{where}level {lv} width {width} is not a multiple of the "
+                               f"previous width {prev}; not a TransFusion UNet")
+    has_attn = {f"{PREFIX}down.{i}.attn.projection.weight" in sd for i in idx}
+    if len(has_attn) != 1:
+        raise TransFusionError(f"{where}level {lv} has attention in some blocks only")
+    # grouped conv: conv1 of the first block reads in_width/2 channels per group
+    in_width = _dim(sd, f"{PREFIX}down.{idx[0]}.res.norm1.weight", 0, where)
+    grouped = _dim(sd, f"{PREFIX}down.{idx[0]}.res.conv1.weight", 1, where) != in_width
+    return width, has_attn.pop(), grouped
+
+
+def config_from_state_dict(state_dict: Mapping[str, torch.Tensor],
+                           path: str | os.PathLike | None = None) -> UNetConfig:
+    """Read mode, width, multipliers, attention levels and blocks per level from shapes only."""
+    where = f"{path}: " if path is not None else ""
+    mode = _mode_of(state_dict, where)
+    # the sinusoidal embedding has n_channels dims and feeds linear_1
+    n_channels = _dim(state_dict, f"{PREFIX}time_emb.linear_1.weight", 1, where)
+    if n_channels <= 0:
+        raise TransFusionError(f"{where}model.time_emb.linear_1.weight is empty; not a TransFusion checkpoint")
+    levels = _down_levels(state_dict, where)
+    ch_mults, attn, group_conv = [], [], []
     prev = n_channels
     for lv, idx in enumerate(levels):
-        widths = {_dim(sd, f"{PREFIX}down.{i}.res.conv1.weight", 0, where) for i in idx}
-        if len(widths) != 1:
-            raise TransFusionError(f"{where}level {lv} blocks have different widths {sorted(widths)}")
-        width = widths.pop()
-        if width <= 0 or width % prev:
-            raise TransFusionError(f"{where}level {lv} width {width} is not a multiple of the "
-                                   f"previous width {prev}; not a TransFusion UNet")
+        width, has_attn, grouped = _level(state_dict, idx, lv, prev, where)
         ch_mults.append(width // prev)
+        attn.append(has_attn)
+        group_conv.append(grouped)
         prev = width
-        has_attn = {f"{PREFIX}down.{i}.attn.projection.weight" in sd for i in idx}
-        if len(has_attn) != 1:
-            raise TransFusionError(f"{where}level {lv} has attention in some blocks only")
-        attn.append(has_attn.pop())
-        # grouped conv: conv1 of the first block reads in_width/2 channels per group
-        first = idx[0]
-        in_width = _dim(sd, f"{PREFIX}down.{first}.res.norm1.weight", 0, where)
-        group_conv.append(_dim(sd, f"{PREFIX}down.{first}.res.conv1.weight", 1, where) != in_width)
-
     if mode != "rgbd":
         group_conv = [True] * len(levels)  # no effect outside rgbd; keep the released default
-    return ArchSpec(mode=mode, n_channels=n_channels, ch_mults=tuple(ch_mults),
-                    attn=tuple(attn), n_blocks=n_blocks, group_conv=tuple(group_conv))
-
-
-def reference_shapes(spec: ArchSpec) -> dict[str, tuple[int, ...]]:
-    """Key → shape of the released state dict layout for ``spec`` (the inverse of `infer_arch`).
-
-    Mirrors the official `create_model` network, so with the defaults it reproduces
-    `reference/official_state_dict_<mode>.tsv` exactly; useful to build test checkpoints.
-    """
-    n = spec.n_channels
-    two = spec.mode == "rgbd"
-    t_ch = 4 * n
-    shapes: dict[str, tuple[int, ...]] = {f"{PREFIX}pos_emb.penc.inv_freq": (1,)}
-
-    def add(name: str, **entries: tuple[int, ...]) -> None:
-        for k, v in entries.items():
-            shapes[f"{PREFIX}{name}.{k}"] = v
-
-    def groups(level: int) -> int:
-        return 2 if two and spec.group_conv[level] else 1
-
-    def res(name: str, c_in: int, c_out: int, g: int) -> None:
-        add(f"{name}.norm1", weight=(c_in,), bias=(c_in,))
-        add(f"{name}.conv1", weight=(c_out, c_in // g, 3, 3), bias=(c_out,))
-        add(f"{name}.norm2", weight=(c_out,), bias=(c_out,))
-        add(f"{name}.conv2", weight=(c_out, c_out // g, 3, 3), bias=(c_out,))
-        if c_in != c_out:
-            add(f"{name}.shortcut", weight=(c_out, c_in // g, 1, 1), bias=(c_out,))
-        add(f"{name}.time_emb", weight=(c_out, t_ch), bias=(c_out,))
-
-    def attention(name: str, c: int) -> None:
-        # rgbd: one single-head attention per branch, each over half the channels
-        for branch in (("attn", "attn_d") if two else ("attn",)):
-            ch = c // 2 if two else c
-            add(f"{name}.{branch}.projection", weight=(3 * ch, ch), bias=(3 * ch,))
-            add(f"{name}.{branch}.output", weight=(ch, ch), bias=(ch,))
-
-    if two:
-        add("image_proj_rgb", weight=(n // 2, 3 + 2, 3, 3), bias=(n // 2,))
-        add("image_proj_d", weight=(n // 2, 1 + 2, 3, 3), bias=(n // 2,))
-    else:
-        add("image_proj", weight=(n, spec.image_channels + 2, 3, 3), bias=(n,))
-    add("time_emb.linear_1", weight=(t_ch, n), bias=(t_ch,))
-    add("time_emb.linear_2", weight=(t_ch, t_ch), bias=(t_ch,))
-
-    levels = len(spec.ch_mults)
-    i, c = 0, n
-    for lv in range(levels):
-        out = c * spec.ch_mults[lv]
-        for _ in range(spec.n_blocks):
-            res(f"down.{i}.res", c, out, groups(lv))
-            if spec.attn[lv]:
-                attention(f"down.{i}", out)
-            c = out
-            i += 1
-        if lv < levels - 1:
-            add(f"down.{i}.conv", weight=(c, c // groups(lv), 3, 3), bias=(c,))
-            i += 1
-
-    g_mid = groups(levels - 1)
-    res("middle.res1", c, c, g_mid)
-    attention("middle", c)
-    res("middle.res2", c, c, g_mid)
-
-    i = 0
-    for lv in reversed(range(levels)):
-        for _ in range(spec.n_blocks):
-            res(f"up.{i}.res", c + c, c, groups(lv))
-            if spec.attn[lv]:
-                attention(f"up.{i}", c)
-            i += 1
-        out = c // spec.ch_mults[lv]
-        res(f"up.{i}.res", c + out, out, groups(lv))
-        if spec.attn[lv]:
-            attention(f"up.{i}", out)
-        i += 1
-        c = out
-        if lv > 0:
-            # ConvTranspose2d weights are (in, out/groups, k, k)
-            add(f"up.{i}.conv", weight=(c, c // groups(lv), 4, 4), bias=(c,))
-            i += 1
-
-    add("norm", weight=(n,), bias=(n,))
-    if two:
-        for head, ch in (("final", 3), ("final_mean", 3), ("final_d", 1), ("final_mean_d", 1)):
-            add(head, weight=(ch, n // 2, 3, 3), bias=(ch,))
-    else:
-        add("final", weight=(spec.image_channels, n, 3, 3), bias=(spec.image_channels,))
-        add("final_mean", weight=(spec.image_channels, n, 3, 3), bias=(spec.image_channels,))
-    add("final_seg.norm", weight=(n,), bias=(n,), running_mean=(n,), running_var=(n,),
-        num_batches_tracked=())
-    add("final_seg.conv", weight=(1, n, 3, 3), bias=(1,))
-    return shapes
-
-
-def synthetic_state_dict(spec: ArchSpec, device: str | torch.device = "meta",
-                         seed: int | None = None) -> dict[str, torch.Tensor]:
-    """A state dict in the released layout for ``spec``: empty on "meta", small random values
-    otherwise (seeded), with the buffers' real dtypes. For tests and tooling, not training."""
-    gen = torch.Generator().manual_seed(seed) if seed is not None else None
-    out: dict[str, torch.Tensor] = {}
-    for key, shape in reference_shapes(spec).items():
-        dtype = torch.int64 if key.endswith("num_batches_tracked") else torch.float32
-        if torch.device(device).type == "meta":
-            out[key] = torch.empty(shape, dtype=dtype, device="meta")
-        elif dtype == torch.int64:
-            out[key] = torch.zeros(shape, dtype=dtype, device=device)
-        else:
-            out[key] = (torch.rand(shape, generator=gen) * 0.2 - 0.1).to(device)
-    out[f"{PREFIX}pos_emb.penc.inv_freq"] = torch.ones(1, device=device)
-    return out
+    try:
+        return UNetConfig(mode=mode, n_channels=n_channels, ch_mults=tuple(ch_mults), attn=tuple(attn),
+                          group_conv=tuple(group_conv), n_blocks=len(levels[0]))
+    except ValueError as exc:
+        raise TransFusionError(f"{where}not a TransFusion UNet ({exc})") from None
 
 
 # ----------------------------------------------------------------------------- checks
-
-def check_arch_matches(spec: ArchSpec, mode: str, base_width: int | None,
-                       path: str | os.PathLike) -> None:
-    """Refuse a checkpoint whose mode or width disagrees with --mode / --unet-channel-num.
-
-    ``base_width`` is the ``--unet-channel-num`` N the user asked for (None = not given, not
-    checked); rgbd networks have 2N channels (models/modes.py), so N = 64 matches a released
-    rgbd checkpoint of 128 channels.
-    """
-    if mode == spec.mode and (base_width is None or network_width(mode, base_width) == spec.n_channels):
-        return
-    asked = f"--mode {mode}" + (f" --unet-channel-num {base_width}" if base_width is not None else "")
-    rule = " (rgbd networks have 2N channels for --unet-channel-num N)" if "rgbd" in (mode, spec.mode) else ""
-    raise TransFusionError(
-        f"{path} holds a {spec.mode} network with {spec.n_channels} channels but {asked} was "
-        f"given{rule}; run with --mode {spec.mode} --unet-channel-num {base_width_for(spec.mode, spec.n_channels)}")
-
 
 def _fmt_shape(shape: tuple[int, ...]) -> str:
     return "[" + ",".join(str(s) for s in shape) + "]"
@@ -428,10 +284,38 @@ def validate_against_model(state_dict: Mapping[str, torch.Tensor], model: torch.
                              lambda k: f"{k} file {_fmt_shape(got[k])} vs network "
                                        f"{_fmt_shape(expected[k])}"))
     raise TransFusionError(
-        f"{path} does not fit the network: " + "; ".join(parts) + "; check --mode and "
-        "--unet-channel-num, or re-download the file with scripts/download_weights.py")
+        f"{path} does not fit the network: " + "; ".join(parts) + "; it holds another "
+        "architecture, or it is damaged (re-download released weights with scripts/download_weights.py)")
 
 
-def count_parameters(shapes: Mapping[str, tuple[int, ...]]) -> int:
-    """Number of values in a key→shape mapping (handy to compare with the model summary)."""
-    return sum(math.prod(s) for s in shapes.values())
+# ---------------------------------------------------------------------- saving and building
+
+def cpu_state_dict(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of the network's state, contiguous: a saved file must not depend on the
+    memory layout the network ran with."""
+    return {k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
+            for k, v in net.state_dict().items()}
+
+
+def released_state_dict(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The network's weights in the released layout (``model.`` prefix), on the CPU."""
+    return {PREFIX + k: v for k, v in cpu_state_dict(net).items()}
+
+
+def save_released(net: torch.nn.Module, path: str | os.PathLike) -> None:
+    """Write the weights as a released checkpoint (atomically)."""
+    atomic_torch_save(released_state_dict(net), path)
+
+
+def network_from_state_dict(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike) -> TransFusionUNet:
+    """The network a released-format state dict describes, with its weights loaded (CPU)."""
+    net = TransFusionUNet(config_from_state_dict(state_dict, path))
+    stripped = {k.removeprefix(PREFIX): v for k, v in state_dict.items()}
+    validate_against_model(stripped, net, path)
+    net.load_state_dict(stripped)
+    return net
+
+
+def load_network_file(path: str | os.PathLike) -> TransFusionUNet:
+    """Load a checkpoint safely and build its network; the architecture comes from the file."""
+    return network_from_state_dict(load_state_dict_file(path), path)

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
-from models.transparency import TransparencyProcess, depth_channels, rgb_channels
+from models.modes import depth_channels, rgb_channels
+from models.transparency import TransparencyProcess
 
 
 def _gaussian_window(size: int, sigma: float, channels: int, like: torch.Tensor) -> torch.Tensor:

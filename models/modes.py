@@ -20,3 +20,21 @@ def network_width(mode: str, base_width: int) -> int:
 def base_width(mode: str, n_channels: int) -> int:
     """The ``--unet-channel-num`` that builds a network of ``n_channels`` (inverse of network_width)."""
     return n_channels // 2 if mode == "rgbd" else n_channels
+
+
+def rgb_channels(mode: str) -> slice:
+    """The channels that blend towards an appearance (rgb, first in rgbd); empty in d."""
+    return slice(0, 3) if mode in ("rgb", "rgbd") else slice(0, 0)
+
+
+def depth_channels(mode: str) -> slice:
+    """The additive depth channel (last in rgbd); empty in rgb."""
+    return {"rgb": slice(3, 3), "d": slice(0, 1), "rgbd": slice(3, 4)}[mode]
+
+
+def has_rgb(mode: str) -> bool:
+    return mode in ("rgb", "rgbd")
+
+
+def has_depth(mode: str) -> bool:
+    return mode in ("d", "rgbd")

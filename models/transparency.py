@@ -1,5 +1,7 @@
 """The transparency process (SPEC §3, §5 `next`, §6): a scheduler, kept apart from the network.
 
+Its scoring of a batch (maps and image scores from the reverse pass) is models/scoring.py.
+
 The forward process makes an anomaly A progressively *opaque* inside its mask M:
 ``x_t = (1 − M)·x0 + M·((1 − β_t)·x0 + β_t·A)`` for rgb, ``x_t = x0 + β_t·M·ε`` for depth.
 The reverse process runs the network from the test image itself (t = T−2 … 1) and, step by
@@ -12,21 +14,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from models.modes import depth_channels, rgb_channels
+
 # Network call: (concat(x, mask), t) -> (eps_hat, x0_hat, mask_logits)
 Network = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-
-
-def rgb_channels(mode: str) -> slice:
-    """Channels that blend towards an appearance (rgb); the rest are additive depth."""
-    return slice(0, 3) if mode in ("rgb", "rgbd") else slice(0, 0)
-
-
-def depth_channels(mode: str) -> slice:
-    return {"rgb": slice(3, 3), "d": slice(0, 1), "rgbd": slice(3, 4)}[mode]
 
 
 @dataclass
@@ -104,44 +98,6 @@ class TransparencyProcess:
             x = x_next
         # divided by T − 1 although T − 2 steps ran: the original's normalisation
         return ReverseResult(x_final=x, mask_disc=acc / (self.num_steps - 1), trajectory=traj)
-
-
-def to_display_range(x: torch.Tensor, mode: str) -> torch.Tensor:
-    """Map rgb channels from [−1, 1] to [0, 1] (clipped); depth channels stay as they are."""
-    out = x.clone()
-    r = rgb_channels(mode)
-    out[:, r] = (x[:, r] / 2 + 0.5).clamp(0, 1)
-    return out
-
-
-def box_smooth(maps: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """k×k mean filter with zero padding and 'same' output size (scipy.signal.convolve2d's
-    'same' alignment, so even sizes pad one more on the leading side). maps: [B, 1, H, W]."""
-    k = kernel_size
-    padded = F.pad(maps, (k // 2, (k - 1) // 2, k // 2, (k - 1) // 2))
-    weight = torch.full((1, 1, k, k), 1.0 / (k * k), dtype=maps.dtype, device=maps.device)
-    return F.conv2d(padded, weight)
-
-
-@dataclass
-class AnomalyMaps:
-    final: torch.Tensor        # [B, H, W] float64: the anomaly map
-    scores: torch.Tensor       # [B] float64: max of the final map
-    mask_disc: torch.Tensor    # [B, H, W] float64, unsmoothed
-    mask_recon: torch.Tensor   # [B, H, W] float64, unsmoothed
-
-
-def anomaly_maps(image: torch.Tensor, result: ReverseResult, mode: str, kernel_size: int = 7,
-                 weight: float = 0.95) -> AnomalyMaps:
-    """SPEC §6 scoring: smoothed w·mask_disc + (1−w)·mask_recon, score = max, in float64."""
-    inp = to_display_range(image.float(), mode)
-    rec = to_display_range(result.x_final.float(), mode)
-    recon = ((inp - rec) ** 2).mean(dim=1, keepdim=True).double()
-    disc = result.mask_disc.double()
-    final = weight * box_smooth(disc, kernel_size) + (1 - weight) * box_smooth(recon, kernel_size)
-    final = final[:, 0]
-    return AnomalyMaps(final=final, scores=final.flatten(1).amax(dim=1),
-                       mask_disc=disc[:, 0], mask_recon=recon[:, 0])
 
 
 def rotate_nearest(x: torch.Tensor, angle: float) -> torch.Tensor:

@@ -42,17 +42,26 @@ class UNetConfig:
         n = len(self.ch_mults)
         if len(self.attn) != n or len(self.group_conv) != n:
             raise ValueError(
-                f"--unet-ch-mults, --unet-attn and --unet-group-conv need one value per level; "
+                f"ch_mults, attn and group_conv need one value per level; "
                 f"got {len(self.ch_mults)}, {len(self.attn)} and {len(self.group_conv)}")
-        widths = [self.n_channels]
-        for m in self.ch_mults:
-            widths.append(widths[-1] * m)
+        if n == 0 or self.n_blocks < 1 or any(m < 1 for m in self.ch_mults):
+            raise ValueError(f"a UNet needs at least one level and one block per level, with "
+                             f"multipliers >= 1; got ch_mults {list(self.ch_mults)}, n_blocks {self.n_blocks}")
+        widths = [self.n_channels, *self.level_widths]
         if any(w % 32 for w in widths):
             raise ValueError(f"every level width must be a multiple of 32 (GroupNorm(32)); "
-                             f"--unet-channel-num {self.n_channels} with --unet-ch-mults "
-                             f"{list(self.ch_mults)} gives {widths}")
+                             f"n_channels {self.n_channels} with ch_mults {list(self.ch_mults)} gives {widths}")
         if self.mode == "rgbd" and self.n_channels % 16:
-            raise ValueError("rgbd needs --unet-channel-num divisible by 16 (two branches, GroupNorm(8))")
+            raise ValueError("rgbd needs n_channels divisible by 16 (two branches, GroupNorm(8))")
+
+    @property
+    def level_widths(self) -> tuple[int, ...]:
+        """Output width of each level (both branches together in rgbd)."""
+        widths, w = [], self.n_channels
+        for m in self.ch_mults:
+            w *= m
+            widths.append(w)
+        return tuple(widths)
 
     @property
     def image_channels(self) -> int:

@@ -41,7 +41,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a script: make `models` / `utils` importable
     sys.path.insert(0, str(REPO))
 
-from models.checkpoint import infer_arch, load_state_dict_file  # noqa: E402
+from data.catalog import DATASET_CATEGORIES, IMAGE_EXTENSIONS, TEXTURE_CATEGORIES  # noqa: E402
+from models.checkpoint import config_from_state_dict, load_state_dict_file  # noqa: E402
 from utils.errors import TransFusionError  # noqa: E402
 
 DRIVE_URL = "https://drive.usercontent.google.com/download"
@@ -55,19 +56,12 @@ MASK_IDS = {
     "visa": "1NOJSeAYwfgrQbaQq08B2zL9i9_yXAic2",
     "mvtec3d": "1vMjKhxSH1UdFLIAXu2pr_9UqoknmVUJA",
 }
-CATEGORIES = {
-    "mvtec": ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",
-              "pill", "screw", "tile", "toothbrush", "transistor", "wood", "zipper"),
-    "visa": ("candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1", "macaroni2",
-             "pcb1", "pcb2", "pcb3", "pcb4", "pipe_fryum"),
-    "mvtec3d": ("bagel", "cable_gland", "carrot", "cookie", "dowel", "foam", "peach", "potato",
-                "rope", "tire"),
-}
+CATEGORIES = DATASET_CATEGORIES
 RUN_MODE = {"mvtec": "rgb", "visa": "rgb", "mvtec3d": "rgbd"}
 # texture categories train with an all-ones foreground (SPEC §2), so their masks are optional
-TEXTURES = frozenset({"carpet", "grid", "leather", "tile", "wood", "zipper"})
+TEXTURES = TEXTURE_CATEGORIES
 TARGETS = ("mvtec", "visa", "mvtec3d", "fg_masks", "all")
-IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+IMAGE_EXTS = IMAGE_EXTENSIONS
 IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*")
 STAGING_PREFIX = ".transfusion-staging"
 DOWNLOAD_PREFIX = ".transfusion-download"
@@ -373,7 +367,7 @@ def verify_model(path: Path, category: str, mode: str) -> Result:
     if not path.is_file():
         return Result(category, "missing", "no file")
     try:
-        spec = infer_arch(load_state_dict_file(path), path)
+        spec = config_from_state_dict(load_state_dict_file(path), path)
     except TransFusionError as e:
         return Result(category, "broken", str(e))
     info = f"{spec.mode:<5} {spec.n_channels:>4}ch {path.stat().st_size / 1e6:8.1f} MB"

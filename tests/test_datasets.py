@@ -12,16 +12,9 @@ import torch
 from PIL import Image
 
 import data.fg_masks as fgm
-from data.datasets import (
-    DATASET_CATEGORIES,
-    TEXTURE_CATEGORIES,
-    TestDataset,
-    TrainDataset,
-    find_test_samples,
-    find_train_images,
-    resolve_categories,
-    visa_layout,
-)
+from data.catalog import DATASET_CATEGORIES, TEXTURE_CATEGORIES
+from data.datasets import TestDataset, TrainDataset
+from data.discovery import find_test_samples, find_train_images, resolve_categories, visa_layout
 from data.fg_masks import FgMaskSource
 from data.io import read_rgb
 from tests.layouts import (

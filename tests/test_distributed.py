@@ -11,10 +11,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from tests.helpers import REPO, TINY_FLAGS
 from tests.layouts import make_mvtec
-from tests.test_cli import TINY
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _free_port() -> int:
@@ -31,20 +29,20 @@ def _worker(rank: int, world: int, port: int, data: str, logs: str, out: str) ->
     from models.transparency import TransparencyProcess
     from utils.Argparser import parse_args
     from utils.distributed import SINGLE, init_distributed, shutdown
-    from utils.evaluation import evaluate
+    from utils.evaluation import EvalSettings, evaluate
     from utils.runs import RunPaths
     from utils.training import train_category
 
     args = parse_args(["-c", "train", "-r", "ddp", "-d", data, "--category", "bottle", "--log-path", logs,
-                       "--epoch-num", "2", *TINY])
+                       "--epoch-num", "2", *TINY_FLAGS])
     dist, device = init_distributed("cpu")
     try:
         outcome = train_category(args, "bottle", device, RunPaths(logs, "ddp"), dist)
         net = outcome.model.eval()
         proc = TransparencyProcess(args.diffusion_num_steps, "rgb")
         test = TestDataset("mvtec", data, "bottle", "rgb", args.img_size)
-        sharded = evaluate(net, proc, test, device, batch_size=2, progress=False, dist=dist)
-        single = evaluate(net, proc, test, device, batch_size=3, progress=False, dist=SINGLE)
+        sharded = evaluate(net, proc, test, device, EvalSettings(batch_size=2), progress=False, dist=dist)
+        single = evaluate(net, proc, test, device, EvalSettings(batch_size=3), progress=False, dist=SINGLE)
         torch.save({"params": {k: v.detach().clone() for k, v in net.state_dict().items()},
                     "sharded": (sharded.scores, sharded.paths, sharded.metrics),
                     "single": (single.scores, single.paths, single.metrics)}, f"{out}/rank{rank}.pt")
@@ -84,7 +82,7 @@ def test_torchrun_cli_trains_with_two_processes(data, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          str(REPO / "Experiment.py"), "-c", "train", "-r", "tr", "-d", str(data), "--category", "bottle",
-         "--log-path", str(tmp_path), "--epoch-num", "1", *TINY],
+         "--log-path", str(tmp_path), "--epoch-num", "1", *TINY_FLAGS],
         cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2 processes" in proc.stdout

@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.checkpoint import ArchSpec, infer_arch, load_state_dict_file, synthetic_state_dict
+from models.checkpoint import config_from_state_dict, load_state_dict_file
+from models.unet import UNetConfig
+from tests.checkpoint_fixtures import synthetic_state_dict
 from utils.errors import TransFusionError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,8 +44,9 @@ def dw():
 
 
 def tiny_checkpoint(mode: str, seed: int = 0) -> bytes:
-    """A small state dict in the released key layout that infer_arch accepts."""
-    spec = ArchSpec(mode, 32 if mode != "rgbd" else 64, (1, 2), (False, True), 1)
+    """A small state dict in the released key layout that config_from_state_dict accepts."""
+    spec = UNetConfig(mode=mode, n_channels=32 if mode != "rgbd" else 64, ch_mults=(1, 2), attn=(False, True),
+                      group_conv=(True, True), n_blocks=1)
     buf = io.BytesIO()
     torch.save(synthetic_state_dict(spec, device="cpu", seed=seed), buf)
     return buf.getvalue()
@@ -112,7 +115,7 @@ def test_zip_archive_installs_verifies_and_rerun_is_a_noop(dw, capsys, tmp_path:
     assert rc == 0, err
     for cat in ("bottle", "cable"):
         path = model_path(dest, "mvtec", cat)
-        assert infer_arch(load_state_dict_file(path)).mode == "rgb"
+        assert config_from_state_dict(load_state_dict_file(path)).mode == "rgb"
         assert f"{cat}" in out and "installed" in out
     assert leftovers(dest) == []
     stats = {c: model_path(dest, "mvtec", c).stat() for c in ("bottle", "cable")}
@@ -144,7 +147,7 @@ def test_tar_gz_archive_with_flat_layout_for_rgbd(dw, capsys, tmp_path: Path) ->
     rc, out, err = run_main(dw, capsys, "mvtec3d", "--dest", tmp_path, "--archive", archive,
                             "--categories", "bagel,cable_gland")
     assert rc == 0, err
-    assert infer_arch(load_state_dict_file(model_path(tmp_path, "mvtec3d", "cable_gland"))).mode == "rgbd"
+    assert config_from_state_dict(load_state_dict_file(model_path(tmp_path, "mvtec3d", "cable_gland"))).mode == "rgbd"
     assert "rgbd" in out
     assert leftovers(tmp_path) == []
 

@@ -14,7 +14,6 @@ import pickle
 import resource
 import struct
 import subprocess
-import sys
 import warnings
 import zlib
 from contextlib import contextmanager
@@ -33,13 +32,15 @@ from PIL import Image
 
 from data.datasets import find_test_samples, find_train_images
 from data.depth import depth_range, normalise_depth, preprocess_depth, read_xyz
-from data.io import image_hw, read_mask, read_rgb
-from models.checkpoint import (ArchSpec, check_arch_matches, infer_arch, load_state_dict_file,
-                               reference_shapes, validate_against_model)
+from data.io import image_hw, read_mask, read_rgb, read_rgb_uint8
+from models.checkpoint import config_from_state_dict, load_state_dict_file, validate_against_model
+from models.unet import UNetConfig
+from tests.checkpoint_fixtures import reference_shapes
+from utils.runs import check_arch_matches
+from tests.helpers import TINY_FLAGS, CliResult, cli
 from tests.layouts import make_mvtec, make_mvtec3d, make_visa_released, scene, xyz_scene
 from utils.errors import TransFusionError
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def fuzz(n: int) -> settings:
@@ -341,6 +342,7 @@ def test_exif_orientation_is_applied(tmp_path: Path, orientation: int) -> None:
     opposite = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}[where]
     assert red[region[where]].all() and not red[region[opposite]].any(), (orientation, red.astype(int))
     assert image_hw(p) == ((40, 20) if orientation >= 5 else (20, 40))
+    assert read_rgb_uint8(p).shape[:2] == image_hw(p)  # the full-size reader turns the same way
 
 
 def test_broken_exif_block_still_loads(tmp_path: Path) -> None:
@@ -681,10 +683,11 @@ def test_random_bytes_as_visa_csv(tmp_path: Path, body: bytes, header: bool) -> 
 # ----------------------------------------------------------------------------- checkpoints
 
 
-SPEC = ArchSpec(mode="rgb", n_channels=8, ch_mults=(1, 2), attn=(False, True), n_blocks=1)
+SPEC = UNetConfig(mode="rgb", n_channels=32, ch_mults=(1, 2), attn=(False, True), group_conv=(True, True),
+                  n_blocks=1)
 
 
-def _state_dict(spec: ArchSpec, device: str = "cpu") -> dict[str, torch.Tensor]:
+def _state_dict(spec: UNetConfig, device: str = "cpu") -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
     if device == "meta":
         return {k: torch.empty(s, device="meta") for k, s in reference_shapes(spec).items()}
@@ -733,13 +736,13 @@ def test_corrupted_checkpoint_bytes(tmp_path: Path, flips: list[tuple[float, int
     p.write_bytes(bytes(data))
     try:
         sd = load_state_dict_file(p)
-        spec = infer_arch(sd, p)
+        spec = config_from_state_dict(sd, p)
     except TransFusionError as exc:
         msg = clean_error(exc, p)
         assert "permissions" not in msg
         return
     # flipped bytes inside tensor data cannot be detected (no checksum); the structure must be intact
-    assert isinstance(spec, ArchSpec) and all(isinstance(v, torch.Tensor) for v in sd.values())
+    assert isinstance(spec, UNetConfig) and all(isinstance(v, torch.Tensor) for v in sd.values())
 
 
 class _Payload:
@@ -784,6 +787,8 @@ def test_pickle_payload_never_runs(tmp_path: Path, container: str, payload: str)
     with pytest.raises(TransFusionError) as info:
         load_state_dict_file(p)
     clean_error(info.value, p)
+    if container in ("torch zip", "torch legacy"):
+        assert "refused" in str(info.value)  # said as such, not as a corrupt file
     assert not sentinel.exists(), "the pickled payload ran"
 
 
@@ -814,11 +819,12 @@ def test_checkpoint_of_another_architecture(tmp_path: Path) -> None:
     assert "not a TransFusion checkpoint" in clean_error(info.value, p)
 
     # a TransFusion network of another mode and width than asked for
-    d_spec = ArchSpec(mode="d", n_channels=32, ch_mults=(1, 2), attn=(False, True), n_blocks=1)
+    d_spec = UNetConfig(mode="d", n_channels=32, ch_mults=(1, 2), attn=(False, True), group_conv=(True, True),
+                        n_blocks=1)
     p = tmp_path / "tire_model.pkl"
     p.write_bytes(_torch_bytes(_state_dict(d_spec)))
     sd = load_state_dict_file(p)
-    spec = infer_arch(sd, p)
+    spec = config_from_state_dict(sd, p)
     assert spec == d_spec
     with pytest.raises(TransFusionError) as info:
         check_arch_matches(spec, "rgb", 32, p)
@@ -843,11 +849,11 @@ def test_infer_arch_on_mangled_state_dicts(data: st.DataObject) -> None:
                                                 fullmatch=True), max_size=2), label="added"):
         sd[key] = torch.empty(3, 3, device="meta")
     try:
-        spec = infer_arch(sd, "fuzz_model.pkl")
+        spec = config_from_state_dict(sd, "fuzz_model.pkl")
     except TransFusionError as exc:
         clean_error(exc, "fuzz_model.pkl")
         return
-    assert isinstance(spec, ArchSpec) and spec.n_channels > 0 and all(m > 0 for m in spec.ch_mults)
+    assert isinstance(spec, UNetConfig) and spec.n_channels > 0 and all(m > 0 for m in spec.ch_mults)
 
 
 # ----------------------------------------------------------------------------- whole datasets
@@ -892,17 +898,12 @@ def test_error_raised_in_a_dataloader_worker_stays_one_line() -> None:
 
 # ----------------------------------------------------------------------------- the CLI
 
-TINY = ["--img-size", "32", "--unet-channel-num", "32", "--unet-ch-mults", "1", "2", "--unet-attn", "F", "T",
-        "--unet-group-conv", "T", "T", "--unet-n-blocks", "1", "--diffusion-num-steps", "3", "--bs", "2",
-        "--eval-epoch-num", "0", "--quiet", "--no-fg-masks", "--device", "cpu", "--epoch-num", "1"]
+def run_cli(*argv: str) -> CliResult:
+    # the tiny network for one epoch, 3 steps; the test's own flags come last and win
+    return cli(*TINY_FLAGS, "--diffusion-num-steps", "3", "--bs", "2", "--epoch-num", "1", *argv, check=False)
 
 
-def run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(REPO / "Experiment.py"), *argv, *TINY], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
-
-
-def assert_one_line_cli_error(proc: subprocess.CompletedProcess[str], needle: Path) -> None:
+def assert_one_line_cli_error(proc: CliResult, needle: Path) -> None:
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and str(needle) in err[0], proc.stderr[-2000:]

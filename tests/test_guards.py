@@ -1,7 +1,6 @@
 """Guards that keep a run from being lost: non-finite losses and maps, bad run folders, --dry-run."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -10,8 +9,8 @@ import torch
 import utils.training as training
 from data.datasets import TestDataset
 from models.transparency import TransparencyProcess
+from tests.helpers import TINY_FLAGS, cli
 from tests.layouts import make_mvtec
-from tests.test_cli import TINY, run
 from utils.Argparser import parse_args
 from utils.errors import TransFusionError
 from utils.evaluation import evaluate
@@ -26,7 +25,7 @@ def data(tmp_path_factory) -> Path:
 
 def _args(data: Path, logs: Path, *extra: str):
     return parse_args(["-c", "train", "-r", "g", "-d", str(data), "--category", "bottle",
-                       "--log-path", str(logs), *TINY, *extra])
+                       "--log-path", str(logs), *TINY_FLAGS, *extra])
 
 
 def test_non_finite_losses_skip_steps_then_stop_keeping_the_last_checkpoint(data, tmp_path, monkeypatch):
@@ -61,30 +60,41 @@ def test_evaluation_refuses_a_non_finite_map_naming_the_image(data):
     assert "bottle/test/" in str(err.value)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write to read-only folders")
-def test_read_only_log_folder_fails_at_start(data, tmp_path):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o500)
-    proc = run("-c", "train", "-r", "g", "-d", str(data), "--category", "bottle", "--log-path", str(ro),
-               *TINY, check=False)
-    assert proc.returncode == 2 and "cannot write to the run folder" in proc.stderr
+def test_a_file_where_the_models_folder_belongs_fails_at_start(data, tmp_path):
+    """Works as root too (a read-only folder would not stop root): the run folder's models/
+    is a file, so nothing can be written there."""
+    (tmp_path / "g").mkdir()
+    (tmp_path / "g" / "models").write_text("not a folder")
+    result = cli("-c", "train", "-r", "g", "-d", str(data), "--category", "bottle", "--log-path", str(tmp_path),
+                 *TINY_FLAGS, check=False)
+    assert result.returncode == 2 and "cannot write to the run folder" in result.stderr
+    assert str(tmp_path / "g" / "models") in result.stderr
+
+
+def test_a_full_disk_fails_at_start(data, tmp_path, monkeypatch):
+    import shutil
+
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=1024))
+    result = cli("-c", "train", "-r", "g", "-d", str(data), "--category", "bottle", "--log-path", str(tmp_path),
+                 *TINY_FLAGS, check=False)
+    assert result.returncode == 2 and "GiB free but the checkpoints need about" in result.stderr
 
 
 def test_unwritable_log_path_fails_at_start(data, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    proc = run("-c", "train", "-r", "g", "-d", str(data), "--category", "bottle",
-               "--log-path", str(blocker), *TINY, check=False)
-    assert proc.returncode == 2 and "cannot write to the run folder" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    result = cli("-c", "train", "-r", "g", "-d", str(data), "--category", "bottle",
+                 "--log-path", str(blocker), *TINY_FLAGS, check=False)
+    assert result.returncode == 2 and "cannot write to the run folder" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_dry_run_checks_everything_and_trains_nothing(data, tmp_path):
-    proc = run("-c", "train", "-r", "g", "-d", str(data), "--category", "bottle", "--log-path",
-               str(tmp_path), "--dry-run", *TINY)
-    assert "4 training images, 2 test images (1 anomalous): readable" in proc.stdout
-    assert "ready to train" in proc.stdout
+    out = cli("-c", "train", "-r", "g", "-d", str(data), "--category", "bottle", "--log-path",
+              str(tmp_path), "--dry-run", *TINY_FLAGS).stdout
+    assert "4 training images, 2 test images (1 anomalous): readable" in out
+    assert "ready to train" in out
     assert not list((tmp_path / "g" / "models").glob("*.pkl"))
 
 
@@ -92,6 +102,6 @@ def test_dry_run_names_a_corrupt_image(tmp_path):
     root = make_mvtec(tmp_path / "d", n_train=3, n_test_good=1, defects=("crack",), n_per_defect=1, size=32)
     bad = root / "bottle" / "train" / "good" / "001.png"
     bad.write_bytes(bad.read_bytes()[:60])
-    proc = run("-c", "train", "-r", "g", "-d", str(root), "--category", "bottle", "--log-path",
-               str(tmp_path / "logs"), "--dry-run", *TINY, check=False)
-    assert proc.returncode == 2 and str(bad) in proc.stderr
+    result = cli("-c", "train", "-r", "g", "-d", str(root), "--category", "bottle", "--log-path",
+                 str(tmp_path / "logs"), "--dry-run", *TINY_FLAGS, check=False)
+    assert result.returncode == 2 and str(bad) in result.stderr

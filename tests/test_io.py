@@ -81,23 +81,6 @@ def test_sixteen_bit_grayscale_scaled_by_257(tmp_path: Path) -> None:
     np.testing.assert_allclose(t[0].numpy(), (values / 257.0 / 255.0 - 0.5) * 2.0, atol=1e-6)
 
 
-def test_exif_orientation_is_applied(tmp_path: Path) -> None:
-    arr = np.zeros((20, 40, 3), np.uint8)
-    arr[:, :20] = (255, 0, 0)  # left half red
-    arr[:, 20:] = (0, 0, 255)  # right half blue
-    im = Image.fromarray(arr)
-    exif = im.getexif()
-    exif[0x0112] = 6  # "rotate 90° clockwise to display"
-    p = tmp_path / "rot.jpg"
-    im.save(p, exif=exif, quality=95)
-    out = read_rgb_uint8(p)
-    assert out.shape == (40, 20, 3)
-    assert image_hw(p) == (40, 20)
-    # After a clockwise quarter turn the left (red) half is on top.
-    assert out[5, 10, 0] > 200 and out[5, 10, 2] < 60
-    assert out[35, 10, 2] > 200 and out[35, 10, 0] < 60
-
-
 @pytest.mark.parametrize("reader", [lambda p: read_rgb(p, 16), lambda p: read_mask(p, 16), read_rgb_uint8])
 def test_truncated_png_raises_transfusion_error_naming_file(tmp_path: Path, reader) -> None:
     p = tmp_path / "broken.png"

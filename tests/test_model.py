@@ -7,14 +7,14 @@ import torch
 from models.losses import transfusion_loss
 from models.transparency import TransparencyProcess, make_training_input
 from models.unet import TransFusionUNet, UNetConfig, UpBlock
+from tests.helpers import TINY_NET
 
-TINY = dict(n_channels=32, ch_mults=(1, 2), attn=(False, True), group_conv=(True, True), n_blocks=1)
 
 
 def tiny(mode: str) -> TransFusionUNet:
     torch.manual_seed(0)
     n = 32 if mode != "rgbd" else 64
-    return TransFusionUNet(UNetConfig(mode=mode, **{**TINY, "n_channels": n}))
+    return TransFusionUNet(UNetConfig(mode=mode, **{**TINY_NET, "n_channels": n}))
 
 
 @pytest.mark.parametrize("mode,c", [("rgb", 3), ("d", 1), ("rgbd", 4)])

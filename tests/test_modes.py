@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from scipy.signal import convolve2d
 
 from models.losses import ssim_loss, transfusion_loss
-from models.transparency import ReverseResult, TransparencyProcess, anomaly_maps, box_smooth
+from models.scoring import anomaly_maps, box_smooth
+from models.transparency import ReverseResult, TransparencyProcess
 from models.unet import TransFusionUNet, UNetConfig
 
 C_IMG = {"rgb": 3, "d": 1, "rgbd": 4}

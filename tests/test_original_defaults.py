@@ -13,7 +13,7 @@ import utils.training as training
 from tests.helpers import TINY_FLAGS, TINY_STEPS, cli
 from tests.layouts import make_mvtec, make_mvtec3d
 from utils.Argparser import parse_args
-from utils.runs import unet_config_from_args
+from utils.config import unet_config
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +49,10 @@ def test_parser_defaults_are_the_released_command_lines():
 def test_rgbd_doubles_the_channel_number(flags, width):
     """SPEC §5: --unet-channel-num N means 2N channels in rgbd (the two-branch network)."""
     args = parse_args(["-c", "train", "-r", "x", "-d", "x", "-ds", "mvtec3d", "--mode", "rgbd", *flags])
-    assert unet_config_from_args(args).n_channels == width
+    assert unet_config(args).n_channels == width
     if width // 2 >= 32:  # rgb needs a multiple of 32 (GroupNorm(32)): N itself
         rgb = parse_args(["-c", "train", "-r", "x", "-d", "x", *flags])
-        assert unet_config_from_args(rgb).n_channels == width // 2
+        assert unet_config(rgb).n_channels == width // 2
 
 
 def test_original_rgbd_command_line_tests_its_own_checkpoint(mvtec3d, tmp_path):
@@ -137,7 +137,7 @@ def test_evaluation_during_training_follows_the_released_schedule(mvtec, tmp_pat
     def spy(*a, **k):
         import sys
 
-        evaluated.append(sys._getframe(1).f_locals["epoch"])  # the training loop's 0-based epoch
+        evaluated.append(sys._getframe(1).f_locals["self"].state.epoch)  # epochs done when evaluating
         return real(*a, **k)
 
     monkeypatch.setattr(training, "evaluate", spy)
@@ -145,7 +145,7 @@ def test_evaluation_during_training_follows_the_released_schedule(mvtec, tmp_pat
     flags[flags.index("--eval-epoch-num") + 1] = "2"
     result = cli("-c", "train", "-r", "ev", "-d", str(mvtec), "--category", "bottle", "--log-path", str(tmp_path),
                  "--epoch-num", "5", *flags)
-    assert evaluated == [0, 2, 4]  # after epochs 1, 3 and 5
+    assert evaluated == [1, 3, 5]  # after the epochs of 0-based index 0, 2 and 4
     line = next(ln for ln in result.stdout.splitlines() if "evaluating the" in ln)
     assert "after epochs 1, 3, 5" in line and "--eval-epoch-num 0 turns it off" in line
     real_after = training.evaluates_after

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from models.losses import transfusion_loss
-from models.transparency import TransparencyProcess, anomaly_maps, rotate_nearest
+from models.scoring import anomaly_maps
+from models.transparency import TransparencyProcess, rotate_nearest
 from models.unet import TransFusionUNet, UNetConfig
 
 

@@ -10,10 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import REPO, TINY_FLAGS, cli
 from tests.layouts import make_mvtec
-from tests.test_cli import TINY, run
-
-REPO = Path(__file__).resolve().parents[1]
 EPOCHS = "4"
 
 
@@ -25,13 +23,13 @@ def data(tmp_path_factory) -> Path:
 
 def common(data: Path, logs: Path) -> list[str]:
     return ["-d", str(data), "--category", "bottle", "--log-path", str(logs), "--save-every", "1",
-            "--epoch-num", EPOCHS, *TINY]
+            "--epoch-num", EPOCHS, *TINY_FLAGS]
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(data, tmp_path_factory) -> dict[str, torch.Tensor]:
     logs = tmp_path_factory.mktemp("ref")
-    run("-c", "train", "-r", "ref", *common(data, logs))
+    cli("-c", "train", "-r", "ref", *common(data, logs))
     return torch.load(logs / "ref" / "models" / "bottle_model.pkl", weights_only=True)
 
 
@@ -63,7 +61,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(data, tmp_path, uninterru
     # nothing half-written is left where a reader would take it for a checkpoint
     models = tmp_path / "k" / "models"
     assert all(not p.name.endswith(".pt") or p.name.startswith("bottle_state_e") for p in models.iterdir())
-    out = run("-c", "train", "-r", "k", "--resume", *common(data, tmp_path))
+    out = cli("-c", "train", "-r", "k", "--resume", *common(data, tmp_path))
     assert "resuming at epoch" in out.stdout
     assert_same_weights(torch.load(models / "bottle_model.pkl", weights_only=True), uninterrupted)
 
@@ -73,17 +71,17 @@ def test_ctrl_c_saves_mid_epoch_and_resume_matches(data, tmp_path, uninterrupted
     text = proc.stdout.read()
     assert proc.returncode == 0, text
     assert "checkpoint saved" in text
-    out = run("-c", "train", "-r", "k", "--resume", *common(data, tmp_path))
+    out = cli("-c", "train", "-r", "k", "--resume", *common(data, tmp_path))
     assert "resuming at epoch" in out.stdout
     models = tmp_path / "k" / "models"
     assert_same_weights(torch.load(models / "bottle_model.pkl", weights_only=True), uninterrupted)
 
 
 def test_damaged_newest_state_falls_back_to_an_older_one(data, tmp_path, uninterrupted):
-    run("-c", "train", "-r", "k", *common(data, tmp_path), "--epoch-num", "2", "--keep-last", "2")
+    cli("-c", "train", "-r", "k", *common(data, tmp_path), "--epoch-num", "2", "--keep-last", "2")
     models = tmp_path / "k" / "models"
     newest = sorted(models.glob("bottle_state_*.pt"))[-1]
     newest.write_bytes(newest.read_bytes()[:1000])  # truncated, as after a crash mid-copy
-    out = run("-c", "train", "-r", "k", "--resume", *common(data, tmp_path))
+    out = cli("-c", "train", "-r", "k", "--resume", *common(data, tmp_path))
     assert "unreadable" in out.stdout and "resuming at epoch 2" in out.stdout
     assert_same_weights(torch.load(models / "bottle_model.pkl", weights_only=True), uninterrupted)

@@ -11,15 +11,15 @@ import torch
 from models.losses import transfusion_loss
 from models.transparency import TransparencyProcess
 from models.unet import TransFusionUNet, UNetConfig
-from utils.speed import apply_memory_format, memory_format
+from models.runtime import apply_memory_format, memory_format
+from tests.helpers import TINY_NET
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(n_channels=32, ch_mults=(1, 2), attn=(False, True), group_conv=(True, True), n_blocks=1)
 
 
 def _net(mode: str, recompute: bool, layout=torch.contiguous_format) -> TransFusionUNet:
     torch.manual_seed(0)
-    net = TransFusionUNet(UNetConfig(mode=mode, **TINY)).train().set_recompute(recompute)
+    net = TransFusionUNet(UNetConfig(mode=mode, **TINY_NET)).train().set_recompute(recompute)
     return net.to(memory_format=layout)
 
 
@@ -115,7 +115,7 @@ def test_memory_format_default_is_the_originals_layout():
 
 def test_channels_last_network_agrees_with_contiguous():
     torch.manual_seed(0)
-    net = TransFusionUNet(UNetConfig(**TINY)).eval()
+    net = TransFusionUNet(UNetConfig(**TINY_NET)).eval()
     x, t = torch.randn(2, 4, 32, 32), torch.tensor([2, 9])
     with torch.no_grad():
         ref = net(x, t)
@@ -128,7 +128,7 @@ def test_channels_last_network_agrees_with_contiguous():
 
 
 def test_allocator_tuning_applies_on_linux_and_keeps_results():
-    code = ("from utils.speed import tune_allocator as t; import torch; a = [t(), t(), t(True), t()]; "
+    code = ("from utils.allocator import tune_allocator as t; import torch; a = [t(), t(), t(True), t()]; "
             "x = torch.ones(64, 2**20); del x; y = torch.ones(64, 2**20); print(*a, float(y.sum()))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     expected = ["True"] * 4 if sys.platform.startswith("linux") else ["False"] * 4

@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from models.modes import DEFAULT_BASE_WIDTH, MODES
-
-CHOICES = ("train", "test", "demo", "predict")
-DATASETS = ("mvtec", "visa", "mvtec3d", "folder")
-MEMORY_FORMATS = ("contiguous", "channels_last")
+from data.catalog import DATASETS
+from models.modes import MODES, has_depth
+from models.runtime import AMP_CHOICES, MEMORY_FORMATS
+from utils.commands import COMMANDS
+from utils.demo import DEMO_SETTINGS
 
 
 def _bool(text: str) -> bool:
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="Experiment.py",
         description="TransFusion: transparency-based diffusion for anomaly detection (ECCV 2024).")
-    p.add_argument("-c", "--choice", choices=CHOICES, required=True,
+    p.add_argument("-c", "--choice", choices=tuple(COMMANDS), required=True,
                    help="train, test, demo (built-in data, runs anywhere) or predict (unlabelled images)")
     p.add_argument("-r", "--run-name", default=None, help="run folder name under --log-path")
     p.add_argument("-d", "--data-path", default=None, help="dataset root, as unpacked")
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=None,
                    help="predict: decision threshold (default: the F1-max threshold from -c test)")
     p.add_argument("--demo-path", default="./demo_data", help="demo: where the built-in data is cached")
-    p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off",
+    p.add_argument("--amp", choices=AMP_CHOICES, default="off",
                    help="mixed precision for the network (bf16 uses the CPU's bf16 units where present)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
     p.add_argument("--memory-format", choices=MEMORY_FORMATS, default="contiguous",
@@ -116,21 +116,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and check the command line. ``-c demo`` takes the demo recipe's settings
+    (utils/demo.py) as its defaults, so any flag given still wins."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    # Which flags the user typed (as opposed to defaults): -c demo only overrides the others.
-    quiet = build_parser()
-    for action in quiet._actions:
-        action.default = argparse.SUPPRESS
-        action.required = False
-    args.explicit = set(vars(quiet.parse_args(argv)))
-    args.unet_channel_num_given = args.unet_channel_num is not None
-    if args.unet_channel_num is None:
-        args.unet_channel_num = DEFAULT_BASE_WIDTH
-    if args.preview_synthesis is not None and args.preview_synthesis < 1:
-        parser.error(f"--preview-synthesis must be at least 1, got {args.preview_synthesis}")
-    if args.preview_synthesis is not None and args.choice != "train":
-        parser.error("--preview-synthesis goes with -c train")
+    if args.choice == "demo":
+        parser.set_defaults(**DEMO_SETTINGS)
+        args = parser.parse_args(argv)
+        args.data_path = args.demo_path
+    _check(parser, args)
+    return args
+
+
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Combinations and values argparse cannot check by itself; parser.error exits with 2."""
     if args.choice in ("train", "test", "predict") and not args.run_name:
         parser.error(f"-c {args.choice} needs -r/--run-name")
     if args.choice in ("train", "test") and not args.data_path:
@@ -139,9 +138,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("-c predict needs --input (an image, a folder or a glob)")
     if args.img_size % 32:
         parser.error(f"--img-size must be a multiple of 32 (Perlin noise scales), got {args.img_size}")
-    if args.mode != "rgb" and args.dataset not in ("mvtec3d",):
+    if has_depth(args.mode) and args.dataset != "mvtec3d":
         parser.error(f"--mode {args.mode} needs depth: use it with -ds mvtec3d")
     for flag in ("epoch_num", "bs", "diffusion_num_steps", "eval_kernel_size", "eval_bs", "save_every"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1")
-    return args
+    if args.preview_synthesis is not None and args.preview_synthesis < 1:
+        parser.error(f"--preview-synthesis must be at least 1, got {args.preview_synthesis}")
+    if args.preview_synthesis is not None and args.choice != "train":
+        parser.error("--preview-synthesis goes with -c train")

@@ -1,10 +1,11 @@
-"""``-c demo``: build the built-in data once, train a CPU-sized TransFusion, test it, show it.
+"""The ``-c demo`` recipe: its settings, its data and its figure (utils/commands.py runs it).
 
 The data (data/demo.py) are small MVTec-layout categories cut from textures that ship with
 scikit-image, with defects drawn by a generator of their own, so the score is not circular.
 The network and schedule are scaled down to run on a laptop CPU in minutes; the method
 (synthesis, transparency process, losses, scoring) is exactly the paper's. Any flag given
-on the command line overrides the demo's value below.
+on the command line overrides the demo's value below (the parser takes them as the defaults
+of ``-c demo``).
 """
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from typing import Any
 
 import torch
 
-from data.demo import DEMO_CATEGORIES, build_demo_dataset, write_preview
-from utils.evaluation import avg_line, markdown_table
+from data.catalog import DEMO_CATEGORIES
+from data.demo import build_demo_dataset, write_preview
+from utils.reporting import avg_line, markdown_table
+from utils.runs import RunPaths
 
 # A CPU-sized configuration: 64 px, a 3-level 32-channel UNet with attention only at the
 # lowest level, a larger learning rate for the short schedule. Chosen by measurement (README).
@@ -44,39 +47,24 @@ DEMO_SETTINGS: dict[str, Any] = {
 DEMO_DATA = dict(image_size=128, n_train=48, n_test_good=12, n_test_per_defect=4, seed=0)
 
 
-def demo_args(args: argparse.Namespace) -> argparse.Namespace:
-    merged = argparse.Namespace(**vars(args))
-    for key, value in DEMO_SETTINGS.items():
-        if key not in args.explicit:
-            setattr(merged, key, value)
-    if "unet_channel_num" in args.explicit:
-        merged.unet_channel_num_given = True
-    merged.data_path = str(Path(args.demo_path))
-    return merged
-
-
-def demo(args: argparse.Namespace, device: torch.device) -> dict[str, dict[str, Any]]:
-    from utils.commands import run_train, test_categories
-    from utils.runs import RunPaths
-
-    started = time.perf_counter()
-    dargs = demo_args(args)
-    categories = list(DEMO_CATEGORIES) if dargs.category == "all" else [dargs.category]
-    root = build_demo_dataset(Path(dargs.data_path), categories=categories, **DEMO_DATA)
+def prepare(args: argparse.Namespace) -> tuple[list[str], RunPaths]:
+    """Build (or reuse) the demo data and clear old training states of a fresh demo run."""
+    categories = list(DEMO_CATEGORIES) if args.category == "all" else [args.category]
+    root = build_demo_dataset(Path(args.data_path), categories=categories, **DEMO_DATA)
     preview = write_preview(root, root / "preview.png")
     print(f"demo data: {root.resolve()} (MVTec AD layout; overview {preview})")
-
-    paths = RunPaths(dargs.log_path, dargs.run_name)
-    if not dargs.resume and paths.root.exists():
+    paths = RunPaths(args.log_path, args.run_name)
+    if not args.resume and paths.root.exists():
         # a fresh demo each time, unless asked to continue: old states would be resumed otherwise
         for cat in categories:
             for p in paths.train_states(cat):
                 p.unlink()
-    outcomes = run_train(dargs, categories)
-    if any(o.interrupted for o in outcomes.values()):
-        return {}
-    rows = test_categories(dargs, categories, paths, device)
+    return categories, paths
 
+
+def report(rows: dict[str, dict[str, Any]], paths: RunPaths, categories: list[str], started: float,
+           device: torch.device) -> None:
+    """The qualitative figure, the table, where everything is, and the original's AVG line."""
     figure = _qualitative_figure(paths, categories)
     minutes = (time.perf_counter() - started) / 60
     print()
@@ -88,10 +76,9 @@ def demo(args: argparse.Namespace, device: torch.device) -> dict[str, dict[str, 
     print(f"per-image scores: {paths.root.resolve() / 'results'}/<category>/per_image.csv; "
           f"summary: {paths.output_csv.resolve()}")
     print(avg_line(rows))
-    return rows
 
 
-def _qualitative_figure(paths: Any, categories: list[str]) -> Path | None:
+def _qualitative_figure(paths: RunPaths, categories: list[str]) -> Path | None:
     """One picture of a few defects per category, from the panels just written."""
     import cv2
 

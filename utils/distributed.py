@@ -1,4 +1,4 @@
-"""Multi-process training and evaluation with PyTorch's own engine (torchrun + DDP).
+"""Devices and multi-process training and evaluation with PyTorch's own engine (torchrun + DDP).
 
 ``torchrun --nproc-per-node N Experiment.py -c train ...`` sets RANK/WORLD_SIZE/LOCAL_RANK;
 we then join a process group (nccl on CUDA, gloo on CPU). Multi-node runs use torchrun's
@@ -35,12 +35,23 @@ class Dist:
 SINGLE = Dist()
 
 
+def pick_device(name: str | None) -> torch.device:
+    """``--device``: CUDA when present unless told otherwise; a clear error for a missing GPU."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise TransFusionError(f"--device {name!r} is not a device name (try cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TransFusionError(f"--device {name} asked for CUDA, but no CUDA GPU is visible; use --device cpu")
+    return device
+
+
 def init_distributed(device_name: str | None) -> tuple[Dist, torch.device]:
     """Join the process group torchrun describes (if any) and pick this rank's device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        from utils.commands import pick_device
-
         return SINGLE, pick_device(device_name)
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     want_cuda = (device_name or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")

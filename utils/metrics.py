@@ -195,6 +195,110 @@ def _anomalous_pixels(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, 
 _CHUNK = 1 << 18
 
 
+class _PixelRanks:
+    """All map values sorted once, the anomalous ones sorted apart with their PRO weights, and
+    the counting searches the pixel metrics are built from."""
+
+    def __init__(self, maps: np.ndarray, masks: np.ndarray) -> None:
+        a_values, a_component, sizes = _anomalous_pixels(maps, masks)
+        self.n_total = maps.size
+        self.n_anom = a_values.size
+        self.n_norm = self.n_total - self.n_anom
+        if self.n_anom == 0 or self.n_norm == 0:
+            return
+        # The one full-size copy of the maps.
+        self.all_sorted = np.sort(maps, axis=None)
+        if self.all_sorted.dtype.kind == "f" and np.isnan(self.all_sorted[-1]):  # NaN sorts last
+            raise ValueError("anomaly maps contain NaN")
+        # Anomalous pixels in ascending order with their PRO weight 1 / (|C| * K).
+        order = np.argsort(a_values)
+        self.a_sorted = a_values[order]
+        del a_values
+        weight_of_component = 1.0 / (sizes.astype(np.float64) * sizes.size)
+        self.w_sorted = weight_of_component[a_component[order]]
+
+    def normals_below(self, v: np.ndarray, side: str) -> np.ndarray:
+        """#normal pixels < v (side='left') or <= v (side='right')."""
+        below = np.searchsorted(self.all_sorted, v, side=side).astype(np.int64, copy=False)
+        below -= np.searchsorted(self.a_sorted, v, side=side)
+        return below
+
+    def crossing_group(self, max_fpr: float) -> np.ndarray | None:
+        """The tie group of normal pixels that straddles FPR = max_fpr (as a 1-element array).
+
+        FPR(v) = #normals >= v / n_norm. Groups u with #normals >= u <= k lie fully inside the
+        integration range; the crossing group is the highest value with more than k normals at
+        or above it."""
+        k = math.floor(max_fpr * self.n_norm)
+        if k >= self.n_norm:
+            return None
+        lo, hi = 0, self.n_total - 1  # invariant: true at lo (all normals >= min)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.n_norm - int(self.normals_below(self.all_sorted[mid:mid + 1], "left")[0]) > k:
+                lo = mid
+            else:
+                hi = mid - 1
+        return self.all_sorted[lo:lo + 1]
+
+    def rank_sums(self, base: int) -> tuple[int, float]:
+        """Over anomalous pixels a: sum of (#normals < a) + (#normals <= a), and the PRO area
+        of the normal pixels above ``base`` (those fully inside the integration range)."""
+        rank_sum, area = 0, 0.0
+        for start in range(0, self.n_anom, _CHUNK):
+            a = self.a_sorted[start:start + _CHUNK]  # ascending: the searches walk forward
+            n_lt = self.normals_below(a, "left")
+            n_le = self.normals_below(a, "right")
+            rank_sum += int(n_lt.sum()) + int(n_le.sum())
+            # Normal pixels above u_star and below (or at) a: each contributes w_a / 2 for
+            # PRO(>= v) and w_a / 2 for PRO(> v) over width 1 / n_norm.
+            np.subtract(n_lt, base, out=n_lt)
+            np.maximum(n_lt, 0, out=n_lt)
+            np.subtract(n_le, base, out=n_le)
+            np.maximum(n_le, 0, out=n_le)
+            n_lt += n_le
+            area += float(np.dot(self.w_sorted[start:start + _CHUNK], n_lt))
+        return rank_sum, area / (2.0 * self.n_norm)
+
+    def make_pro(self) -> None:
+        """prefix[j] = weight of a_sorted[:j]; the PRO at a threshold whose insertion point into
+        a_sorted is j is total - prefix[j]. Built after rank_sums so its memory does not add to
+        that loop's temporaries."""
+        self.prefix = np.empty(self.n_anom + 1)
+        self.prefix[0] = 0.0
+        np.cumsum(self.w_sorted, out=self.prefix[1:])
+        del self.w_sorted
+        self.total = self.prefix[-1]
+
+    def pro_at(self, v: np.ndarray, side: str) -> np.ndarray:
+        """PRO at threshold v counting values >= v (side='left') or > v ('right')."""
+        return self.total - self.prefix[np.searchsorted(self.a_sorted, v, side=side)]
+
+
+def _pro_curve(r: _PixelRanks, u_star: np.ndarray | None, max_fpr: float, pro_at_max: float,
+               curve_points: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The PRO curve from (0, 0) to FPR = max_fpr, every point exactly on the curve."""
+    first = 0 if u_star is None else int(np.searchsorted(r.all_sorted, u_star, side="left")[0])
+    tail = r.all_sorted[first:]
+    if curve_points is not None and tail.size > max(curve_points, 2):
+        # Thin by rank among all pixels; the first and last value always stay.
+        picks = np.linspace(0, tail.size - 1, max(curve_points, 2)).round().astype(np.int64)
+        tail = tail[np.unique(picks)]
+    thresholds = np.unique(tail)[::-1]  # descending, u_star last
+    fpr_ge = (r.n_norm - r.normals_below(thresholds, "left")) / r.n_norm
+    fpr_gt = (r.n_norm - r.normals_below(thresholds, "right")) / r.n_norm
+    # Each threshold contributes both ends of its segment: (FPR(>u), PRO(>u))
+    # and (FPR(>=u), PRO(>=u)).
+    fpr = np.r_[0.0, np.column_stack([fpr_gt, fpr_ge]).reshape(-1)]
+    pro = np.r_[0.0, np.column_stack([r.pro_at(thresholds, "right"), r.pro_at(thresholds, "left")]).reshape(-1)]
+    if u_star is not None:
+        # The last point (FPR(>=u_star), PRO(>=u_star)) lies beyond max_fpr:
+        # replace it by the interpolated point at max_fpr.
+        fpr[-1] = max_fpr
+        pro[-1] = pro_at_max
+    return fpr, pro
+
+
 def pixel_metrics(
     maps: Any,
     masks: Any,
@@ -214,118 +318,27 @@ def pixel_metrics(
     if not 0.0 < max_fpr <= 1.0:
         raise ValueError(f"max_fpr must be in (0, 1], got {max_fpr}")
     maps, masks = _check_maps_masks(maps, masks)
-    undefined: dict[str, Any] = {"pixel_auroc": None, "aupro": None, "pro_curve": None}
-
-    a_values, a_component, sizes = _anomalous_pixels(maps, masks)
-    n_total = maps.size
-    n_anom = a_values.size
-    n_norm = n_total - n_anom
-    if n_anom == 0 or n_norm == 0:
-        return undefined
-
-    # The one full-size copy of the maps.
-    all_sorted = np.sort(maps, axis=None)
-    if all_sorted.dtype.kind == "f" and np.isnan(all_sorted[-1]):  # NaN sorts last
-        raise ValueError("anomaly maps contain NaN")
-
-    # Anomalous pixels in ascending order with their PRO weight 1 / (|C| * K).
-    order = np.argsort(a_values)
-    a_sorted = a_values[order]
-    del a_values
-    weight_of_component = 1.0 / (sizes.astype(np.float64) * sizes.size)
-    w_sorted = weight_of_component[a_component[order]]
-    del order, a_component
-
-    def normals_below(v: np.ndarray, side: str) -> np.ndarray:
-        """#normal pixels < v (side='left') or <= v (side='right')."""
-        below = np.searchsorted(all_sorted, v, side=side).astype(np.int64, copy=False)
-        below -= np.searchsorted(a_sorted, v, side=side)
-        return below
-
-    # --- the tie group of normal pixels that straddles FPR = max_fpr -------
-    # FPR(v) = #normals >= v / n_norm. Groups u with #normals >= u <= k lie
-    # fully inside the integration range; the crossing group u_star is the
-    # highest value with more than k normals at or above it.
-    k = math.floor(max_fpr * n_norm)
-    u_star = None
-    if k < n_norm:
-        lo, hi = 0, n_total - 1  # invariant: true at lo (all normals >= min)
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if n_norm - int(normals_below(all_sorted[mid:mid + 1], "left")[0]) > k:
-                lo = mid
-            else:
-                hi = mid - 1
-        u_star = all_sorted[lo:lo + 1]
+    r = _PixelRanks(maps, masks)
+    if r.n_anom == 0 or r.n_norm == 0:
+        return {"pixel_auroc": None, "aupro": None, "pro_curve": None}
+    u_star = r.crossing_group(max_fpr)
     # Normal pixels <= u_star are outside the fully included range.
-    base = 0 if u_star is None else int(normals_below(u_star, "right")[0])
-
-    # --- per anomalous pixel sums, in chunks --------------------------------
-    rank_sum = 0  # sum over anomalous pixels of (#normals < a) + (#normals <= a)
-    area = 0.0
-    for start in range(0, n_anom, _CHUNK):
-        a = a_sorted[start:start + _CHUNK]  # ascending: the searches walk forward
-        n_lt = normals_below(a, "left")
-        n_le = normals_below(a, "right")
-        rank_sum += int(n_lt.sum()) + int(n_le.sum())
-        # Normal pixels above u_star and below (or at) a: each contributes
-        # w_a / 2 for PRO(>= v) and w_a / 2 for PRO(> v) over width 1 / n_norm.
-        np.subtract(n_lt, base, out=n_lt)
-        np.maximum(n_lt, 0, out=n_lt)
-        np.subtract(n_le, base, out=n_le)
-        np.maximum(n_le, 0, out=n_le)
-        n_lt += n_le
-        area += float(np.dot(w_sorted[start:start + _CHUNK], n_lt))
-    area /= 2.0 * n_norm
-    pixel_auroc = rank_sum / (2.0 * n_anom * n_norm)
-
-    # prefix[j] = weight of a_sorted[:j]; the PRO at a threshold whose
-    # insertion point into a_sorted is j is total - prefix[j]. Built after the
-    # loop so its memory does not add to the loop's temporaries.
-    prefix = np.empty(n_anom + 1)
-    prefix[0] = 0.0
-    np.cumsum(w_sorted, out=prefix[1:])
-    del w_sorted
-    total = prefix[-1]
-
-    def pro_at(v: np.ndarray, side: str) -> np.ndarray:
-        """PRO at threshold v counting values >= v (side='left') or > v ('right')."""
-        return total - prefix[np.searchsorted(a_sorted, v, side=side)]
-
-
-    if u_star is not None:
-        fpr_lo = (n_norm - base) / n_norm  # FPR just above u_star
-        fpr_hi = (n_norm - int(normals_below(u_star, "left")[0])) / n_norm
-        pro_gt = float(pro_at(u_star, "right")[0])
-        pro_ge = float(pro_at(u_star, "left")[0])
+    base = 0 if u_star is None else int(r.normals_below(u_star, "right")[0])
+    rank_sum, area = r.rank_sums(base)
+    pixel_auroc = rank_sum / (2.0 * r.n_anom * r.n_norm)
+    r.make_pro()
+    pro_at_max = 0.0
+    if u_star is not None:  # the straddling group, linearly interpolated at max_fpr
+        fpr_lo = (r.n_norm - base) / r.n_norm  # FPR just above u_star
+        fpr_hi = (r.n_norm - int(r.normals_below(u_star, "left")[0])) / r.n_norm
+        pro_gt = float(r.pro_at(u_star, "right")[0])
+        pro_ge = float(r.pro_at(u_star, "left")[0])
         width = max(max_fpr - fpr_lo, 0.0)
         pro_at_max = pro_gt + (pro_ge - pro_gt) * width / (fpr_hi - fpr_lo)
         area += width * (pro_gt + pro_at_max) / 2.0
     aupro = area / max_fpr
-
-    if curve_points == 0:
-        return {"pixel_auroc": pixel_auroc, "aupro": aupro, "pro_curve": None}
-
-    # --- the curve, for plots ---------------------------------------------
-    first = 0 if u_star is None else int(np.searchsorted(all_sorted, u_star, side="left")[0])
-    tail = all_sorted[first:]
-    if curve_points is not None and tail.size > max(curve_points, 2):
-        # Thin by rank among all pixels; the first and last value always stay.
-        picks = np.linspace(0, tail.size - 1, max(curve_points, 2)).round().astype(np.int64)
-        tail = tail[np.unique(picks)]
-    thresholds = np.unique(tail)[::-1]  # descending, u_star last
-    fpr_ge = (n_norm - normals_below(thresholds, "left")) / n_norm
-    fpr_gt = (n_norm - normals_below(thresholds, "right")) / n_norm
-    # Each threshold contributes both ends of its segment: (FPR(>u), PRO(>u))
-    # and (FPR(>=u), PRO(>=u)).
-    fpr = np.r_[0.0, np.column_stack([fpr_gt, fpr_ge]).reshape(-1)]
-    pro = np.r_[0.0, np.column_stack([pro_at(thresholds, "right"), pro_at(thresholds, "left")]).reshape(-1)]
-    if u_star is not None:
-        # The last point (FPR(>=u_star), PRO(>=u_star)) lies beyond max_fpr:
-        # replace it by the interpolated point at max_fpr.
-        fpr[-1] = max_fpr
-        pro[-1] = pro_at_max
-    return {"pixel_auroc": pixel_auroc, "aupro": aupro, "pro_curve": (fpr, pro)}
+    curve = None if curve_points == 0 else _pro_curve(r, u_star, max_fpr, pro_at_max, curve_points)
+    return {"pixel_auroc": pixel_auroc, "aupro": aupro, "pro_curve": curve}
 
 
 def pixel_auroc(maps: Any, masks: Any) -> float | None:

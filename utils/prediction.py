@@ -16,13 +16,14 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from data.datasets import IMAGE_EXTENSIONS, xyz_path_for
-from data.depth import normalise_depth, preprocess_depth, read_xyz
-from data.io import read_rgb
+from data.catalog import IMAGE_EXTENSIONS
+from data.datasets import model_input
+from models.modes import has_depth
+from models.scoring import score_batch
 from models.transparency import TransparencyProcess
 from utils.atomic import atomic_write_text
+from utils.config import runtime_options, scoring_options
 from utils.errors import TransFusionError
-from utils.evaluation import score_batch
 from utils.runs import RunPaths, load_network
 
 
@@ -52,29 +53,17 @@ def _pick_category(paths: RunPaths, category: str) -> str:
                            f"{', '.join(found) if found else 'no models'}")
 
 
-def _load_input(path: Path, mode: str, size: int, depth_norm: tuple[float, float] | None) -> torch.Tensor:
-    parts = []
-    if mode in ("rgb", "rgbd"):
-        parts.append(read_rgb(path, size))
-    if mode in ("d", "rgbd"):
-        xyz = xyz_path_for(path)
-        if not xyz.exists():
-            raise TransFusionError(f"{path}: mode {mode} needs its depth file {xyz}")
-        depth, _ = preprocess_depth(read_xyz(xyz), size)
-        parts.append(normalise_depth(depth, *depth_norm))
-    return torch.cat(parts, 0)
-
-
 def predict(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
     from utils.visualize import save_panel
 
     paths = RunPaths(args.log_path, args.run_name)
     category = _pick_category(paths, args.category)
-    net, meta = load_network(paths, category, args, device)
+    runtime, scoring = runtime_options(args), scoring_options(args)
+    net, meta = load_network(paths, category, args.mode, args.unet_channel_num, runtime, device)
     mode = net.cfg.mode
     size = int(meta.get("img_size") or args.img_size)
     depth_norm = tuple(meta["depth_norm"]) if meta.get("depth_norm") else None
-    if mode != "rgb" and depth_norm is None:
+    if has_depth(mode) and depth_norm is None:
         raise TransFusionError(f"{paths.meta(category)} has no depth range; run -c test on this run once "
                                f"(it needs the training set) before predicting in mode {mode}")
     threshold = args.threshold if args.threshold is not None else meta.get("f1_threshold")
@@ -96,8 +85,8 @@ def predict(args: argparse.Namespace, device: torch.device) -> list[dict[str, An
         if not batch_images:
             return
         images = torch.stack(batch_images).to(device)
-        maps, recon = score_batch(net, process, images, args.eval_kernel_size, args.eval_w,
-                                  keep_reconstruction=True, amp=args.amp)
+        maps, recon = score_batch(runtime.callable(net), process, images, scoring, runtime,
+                                  keep_reconstruction=True)
         for i, p in enumerate(batch_paths):
             score = float(maps.scores[i])
             if score != score:  # NaN
@@ -115,7 +104,7 @@ def predict(args: argparse.Namespace, device: torch.device) -> list[dict[str, An
 
     for p in tqdm(inputs, desc="predict", disable=args.quiet, leave=False):
         try:
-            batch_images.append(_load_input(p, mode, size, depth_norm))
+            batch_images.append(model_input(p, mode, size, depth_norm))
             batch_paths.append(p)
         except TransFusionError as exc:
             skipped += 1

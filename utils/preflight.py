@@ -16,17 +16,18 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from data.datasets import find_test_samples, find_train_images, resolve_categories
+from data.discovery import find_test_samples, find_train_images, resolve_categories
 from models.unet import TransFusionUNet
 from utils.errors import TransFusionError
-from utils.runs import RunPaths, unet_config_from_args
+from utils.config import unet_config
+from utils.runs import RunPaths
 
 GIB = 1024 ** 3
 
 
 def parameter_count(args: argparse.Namespace) -> int:
     with torch.device("meta"):
-        net = TransFusionUNet(unet_config_from_args(args))
+        net = TransFusionUNet(unet_config(args))
     return sum(p.numel() for p in net.parameters())
 
 
@@ -47,7 +48,7 @@ def training_memory_estimate(args: argparse.Namespace) -> int:
     """
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    cfg = unet_config_from_args(args)
+    cfg = unet_config(args)
     saved: dict[int, int] = {}
     with FakeTensorMode():
         net = TransFusionUNet(cfg).train()

@@ -1,4 +1,4 @@
-"""Where a run keeps its files, and saving/loading its checkpoints.
+"""Where a run keeps its files, its meta side files, and opening the network it trained.
 
 Layout of ``<log-path>/<run-name>/``::
 
@@ -23,9 +23,11 @@ from typing import Any
 
 import torch
 
-from models.modes import network_width
+from models.checkpoint import CheckpointError, load_network_file, save_released
+from models.modes import base_width as base_width_for, network_width
+from models.runtime import RuntimeOptions
 from models.unet import TransFusionUNet, UNetConfig
-from utils.atomic import atomic_torch_save, atomic_write_json
+from utils.atomic import atomic_write_json
 from utils.errors import TransFusionError
 
 
@@ -72,29 +74,9 @@ class RunPaths:
         return self.root / "fg_masks" / category
 
 
-def unet_config_from_args(args: Any) -> UNetConfig:
-    try:
-        return UNetConfig(mode=args.mode, n_channels=network_width(args.mode, args.unet_channel_num),
-                          ch_mults=tuple(args.unet_ch_mults), attn=tuple(args.unet_attn),
-                          group_conv=tuple(args.unet_group_conv), n_blocks=args.unet_n_blocks)
-    except ValueError as exc:
-        raise TransFusionError(str(exc)) from None
-
-
-def cpu_state_dict(net: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A CPU copy of the network's state, contiguous: a saved file must not depend on the
-    --memory-format the network ran with."""
-    return {k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
-            for k, v in net.state_dict().items()}
-
-
-def unet_state_dict_released(net: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The network's weights in the released layout (``model.`` prefix), on the CPU."""
-    return {f"model.{k}": v for k, v in cpu_state_dict(net).items()}
-
-
 def save_weights(paths: RunPaths, category: str, net: torch.nn.Module, meta: dict[str, Any]) -> None:
-    atomic_torch_save(unet_state_dict_released(net), paths.weights(category))
+    """The released-format weights, then the meta side file (both atomic)."""
+    save_released(net, paths.weights(category))
     atomic_write_json(paths.meta(category), meta)
 
 
@@ -126,23 +108,34 @@ def build_meta(cfg: UNetConfig, args: Any, epoch: int, depth_norm: tuple[float, 
     }
 
 
-def load_network(paths: RunPaths, category: str, args: Any, device: torch.device
-                 ) -> tuple[TransFusionUNet, dict[str, Any]]:
-    """Load ``<category>_model.pkl`` safely; the architecture comes from the file itself."""
-    from utils.speed import apply_memory_format
-    from models.checkpoint import (check_arch_matches, infer_arch, load_state_dict_file,
-                                   validate_against_model)
+def check_arch_matches(cfg: UNetConfig, mode: str, base_width: int | None, path: Path) -> None:
+    """Refuse a checkpoint whose mode or width disagrees with --mode / --unet-channel-num.
 
+    ``base_width`` is the ``--unet-channel-num`` N the user gave (None: not given, not checked);
+    rgbd networks have 2N channels (models/modes.py), so N = 64 matches a released rgbd
+    checkpoint of 128 channels.
+    """
+    if mode == cfg.mode and (base_width is None or network_width(mode, base_width) == cfg.n_channels):
+        return
+    asked = f"--mode {mode}" + (f" --unet-channel-num {base_width}" if base_width is not None else "")
+    rule = " (rgbd networks have 2N channels for --unet-channel-num N)" if "rgbd" in (mode, cfg.mode) else ""
+    raise TransFusionError(
+        f"{path} holds a {cfg.mode} network with {cfg.n_channels} channels but {asked} was given{rule}; "
+        f"run with --mode {cfg.mode} --unet-channel-num {base_width_for(cfg.mode, cfg.n_channels)}")
+
+
+def load_network(paths: RunPaths, category: str, mode: str, base_width: int | None, runtime: RuntimeOptions,
+                 device: torch.device) -> tuple[TransFusionUNet, dict[str, Any]]:
+    """Load a run's ``<category>_model.pkl`` safely (architecture from the file), check it against
+    the flags, and place it on ``device`` in eval mode; also the category's meta."""
     path = paths.weights(category)
-    state = load_state_dict_file(path)
-    arch = infer_arch(state, path)
-    explicit_channels = args.unet_channel_num if getattr(args, "unet_channel_num_given", False) else None
-    check_arch_matches(arch, args.mode, explicit_channels, path)
-    meta = read_meta(paths, category)
-    cfg = UNetConfig(**asdict(arch))
-    net = TransFusionUNet(cfg)
-    stripped = {k.removeprefix("model."): v for k, v in state.items()}
-    validate_against_model(stripped, net, path)
-    net.load_state_dict(stripped)
-    net = apply_memory_format(net.to(device), args.memory_format)
-    return net.eval(), meta
+    try:
+        net = load_network_file(path)
+    except CheckpointError as exc:
+        if paths.train_states(category) and path.exists():
+            # the run's own weights: its newest training state holds them too
+            raise exc.with_hint(f"this run has training states: continue with -c train -r {paths.root.name} "
+                                f"--category {category} --resume, which rewrites the weights") from None
+        raise
+    check_arch_matches(net.cfg, mode, base_width, path)
+    return runtime.place(net, device).eval(), read_meta(paths, category)

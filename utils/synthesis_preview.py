@@ -21,7 +21,7 @@ import torch
 from models.transparency import make_training_input
 from utils.atomic import atomic_write_bytes
 from utils.runs import RunPaths
-from utils.training import training_data
+from utils.training_setup import training_data
 from utils.visualize import render_synthesis_sample, save_grid
 
 MAX_ROWS = 64  # rows drawn in the PNG; the .npz always holds all N samples

@@ -1,0 +1,57 @@
+"""The datasets this project knows, their categories and path rules: one home for these facts.
+
+Every other module that needs a dataset name, a category list, the texture categories or where
+an MVTec 3D-AD point cloud lies imports them from here. (The input modes and their channel
+counts live one floor lower, in models/modes.py, because the network needs them too.)
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+DATASETS: tuple[str, ...] = ("mvtec", "visa", "mvtec3d", "folder")
+
+DATASET_CATEGORIES: dict[str, tuple[str, ...]] = {
+    "mvtec": (
+        "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",
+        "pill", "screw", "tile", "toothbrush", "transistor", "wood", "zipper",
+    ),
+    "visa": (
+        "candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1", "macaroni2",
+        "pcb1", "pcb2", "pcb3", "pcb4", "pipe_fryum",
+    ),
+    "mvtec3d": (
+        "bagel", "cable_gland", "carrot", "cookie", "dowel", "foam", "peach", "potato", "rope", "tire",
+    ),
+}
+
+# Texture categories: anomalies may appear anywhere, so the foreground mask is all ones (SPEC §2).
+TEXTURE_CATEGORIES: frozenset[str] = frozenset({"carpet", "grid", "leather", "tile", "wood", "zipper"})
+
+# The built-in demo's categories (data/demo.py), cut from scikit-image's bundled textures; the
+# built-in anomaly texture bank (data/textures.py) leaves these textures out.
+DEMO_CATEGORIES: tuple[str, ...] = ("brick", "grass", "gravel")
+
+# Extensions accepted when a dataset folder is scanned for images (compared lower-case).
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+
+# The VisA split file, relative to the dataset root (released layout).
+VISA_CSV = Path("split_csv") / "1cls.csv"
+
+
+def xyz_path_for(rgb_path: Path) -> Path:
+    """MVTec 3D-AD: ``.../<split>/<defect>/rgb/NNN.png`` → ``.../xyz/NNN.tiff`` (``.tif`` if only that exists)."""
+    base = rgb_path.parent.parent / "xyz"
+    tiff = base / (rgb_path.stem + ".tiff")
+    if not tiff.exists() and (base / (rgb_path.stem + ".tif")).exists():
+        return base / (rgb_path.stem + ".tif")
+    return tiff
+
+
+def skimage_data_dir() -> Path | None:
+    """scikit-image's bundled data folder, located without importing skimage.data (no fetcher runs)."""
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    d = Path(list(spec.submodule_search_locations)[0]) / "data"
+    return d if d.is_dir() else None

@@ -1,0 +1,119 @@
+"""The house rules, read from the source with ast: which folder may import which, no import
+cycles, and no function longer than a screen."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO
+
+PACKAGES = ("models", "data", "utils")
+# What each floor may import of ours besides itself (README, "Architecture").
+ALLOWED = {
+    "models": {"utils.errors", "utils.atomic"},
+    "data": {"models", "utils.errors", "utils.atomic"},
+    "utils": {"models", "data"},
+}
+MAX_FUNCTION_LINES = 80
+
+
+def _modules() -> dict[str, Path]:
+    found = {"Experiment": REPO / "Experiment.py"}
+    for pkg in PACKAGES:
+        for path in sorted((REPO / pkg).glob("*.py")):
+            name = pkg if path.stem == "__init__" else f"{pkg}.{path.stem}"
+            found[name] = path
+    return found
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _imports(tree: ast.AST, known: set[str]) -> set[str]:
+    """Project modules imported anywhere in the file (inside functions too), except under
+    ``if TYPE_CHECKING:``."""
+    out: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            for child in node.orelse:
+                visit(child)
+            return
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            # "from utils import demo" imports utils.demo; "from utils.x import f" imports utils.x
+            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module
+                     for a in node.names]
+        out.update(n for n in names if n in known)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return out
+
+
+@pytest.fixture(scope="module")
+def graph() -> dict[str, set[str]]:
+    mods = _modules()
+    return {name: _imports(ast.parse(path.read_text()), set(mods)) - {name} for name, path in mods.items()}
+
+
+def test_the_reader_sees_lazy_imports_and_skips_type_checking_ones():
+    """The rules below mean something only if the reader catches every kind of import."""
+    code = ("import models.unet\nfrom data import catalog\nif TYPE_CHECKING:\n    import utils.demo\n"
+            "def f():\n    from utils.runs import RunPaths\n")
+    known = {"models.unet", "data", "data.catalog", "utils.demo", "utils.runs"}
+    assert _imports(ast.parse(code), known) == {"models.unet", "data.catalog", "utils.runs"}
+
+
+def test_no_folder_imports_upwards(graph):
+    wrong = []
+    for name, targets in graph.items():
+        floor = name.split(".")[0]
+        if floor not in ALLOWED:
+            continue
+        for target in targets:
+            top = target.split(".")[0]
+            if top == floor or target in ALLOWED[floor] or top in ALLOWED[floor]:
+                continue
+            wrong.append(f"{name} -> {target}")
+    assert not wrong, "imports against the floors: " + ", ".join(sorted(wrong))
+    assert not any("Experiment" in targets for targets in graph.values()), "nothing imports the entry point"
+
+
+def test_no_import_cycles(graph):
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def cycle_from(node: str, path: list[str]) -> list[str] | None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt] if nxt in path else [node, nxt]
+            if state.get(nxt) is None:
+                found = cycle_from(nxt, path + [nxt])
+                if found:
+                    return found
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if state.get(start) is None:
+            found = cycle_from(start, [start])
+            assert found is None, "import cycle: " + " -> ".join(found)
+
+
+def test_no_function_longer_than_a_screen():
+    long = []
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{name}.{node.name} ({lines} lines)")
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines: " + ", ".join(long)
