@@ -19,10 +19,18 @@ from models.transparency import Network, ReverseResult, TransparencyProcess
 @dataclass(frozen=True)
 class ScoringOptions:
     """``kernel_size``: side of the mean filter smoothing both maps; ``weight``: w of
-    final = w·mask_disc + (1 − w)·mask_recon. Defaults are the paper's."""
+    final = w·mask_disc + (1 − w)·mask_recon; ``eval_steps`` K: a strided reverse schedule of K
+    steps (None: all T − 2, the original's); ``early_stop`` N: stop an image once its mask has
+    not changed for N steps (None: never). Defaults are the paper's."""
 
     kernel_size: int = 7
     weight: float = 0.95
+    eval_steps: int | None = None
+    early_stop: int | None = None
+
+    def schedule(self) -> dict[str, int | None]:
+        """The step options, as stored beside a threshold (one is only valid for its schedule)."""
+        return {"eval_steps": self.eval_steps, "early_stop": self.early_stop}
 
 
 def to_display_range(x: torch.Tensor, mode: str) -> torch.Tensor:
@@ -48,6 +56,7 @@ class AnomalyMaps:
     scores: torch.Tensor       # [B] float64: max of the final map
     mask_disc: torch.Tensor    # [B, H, W] float64, unsmoothed
     mask_recon: torch.Tensor   # [B, H, W] float64, unsmoothed
+    steps_run: torch.Tensor | None = None  # [B] reverse steps each image ran
 
 
 def anomaly_maps(image: torch.Tensor, result: ReverseResult, mode: str, kernel_size: int = 7,
@@ -60,7 +69,7 @@ def anomaly_maps(image: torch.Tensor, result: ReverseResult, mode: str, kernel_s
     final = weight * box_smooth(disc, kernel_size) + (1 - weight) * box_smooth(recon, kernel_size)
     final = final[:, 0]
     return AnomalyMaps(final=final, scores=final.flatten(1).amax(dim=1),
-                       mask_disc=disc[:, 0], mask_recon=recon[:, 0])
+                       mask_disc=disc[:, 0], mask_recon=recon[:, 0], steps_run=result.steps_run)
 
 
 def score_batch(net: Network, process: TransparencyProcess, images: torch.Tensor,
@@ -72,6 +81,6 @@ def score_batch(net: Network, process: TransparencyProcess, images: torch.Tensor
     transparent). A batch gives the same numbers as one image at a time (within 1e-6)."""
     with torch.inference_mode():
         with runtime.autocast(images.device):
-            result = process.reverse(net, images)
+            result = process.reverse(net, images, n_steps=scoring.eval_steps, early_stop=scoring.early_stop)
         maps = anomaly_maps(images, result, process.mode, scoring.kernel_size, scoring.weight)
     return maps, (result.x_final if keep_reconstruction else None)

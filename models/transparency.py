@@ -10,6 +10,7 @@ shows through; the accumulated mask probabilities are the anomaly map.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -26,8 +27,9 @@ Network = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tenso
 @dataclass
 class ReverseResult:
     x_final: torch.Tensor      # [B, C, S, S] the image with anomalies made transparent
-    mask_disc: torch.Tensor    # [B, 1, S, S] accumulated mask probabilities / (T − 1)
+    mask_disc: torch.Tensor    # [B, 1, S, S] accumulated mask probabilities, on the 18-step scale
     trajectory: list[dict[str, torch.Tensor]] | None = None
+    steps_run: torch.Tensor | None = None  # [B] network passes per image (fewer with early stop)
 
 
 class TransparencyProcess:
@@ -59,16 +61,35 @@ class TransparencyProcess:
         x_t[:, d] = x0[:, d] + b * mask * eps[:, d]
         return x_t
 
+    def schedule(self, n_steps: int | None = None) -> list[tuple[int, int]]:
+        """The reverse steps as (t, s) pairs, each jumping from t to s.
+
+        None (the default): t = T−2 … 1, each to t − 1, as the original. ``n_steps`` = K visits
+        t_i = round(T−2 − i·(T−3)/(K−1)), i = 0 … K−1 (K = 1: T−2 only), each jumping to
+        s = t_{i+1} (the last to t_{K−1} − 1): a strided schedule, like DDIM's. K = T−2 is the
+        default schedule exactly.
+        """
+        top = self.num_steps - 2
+        if n_steps is None:
+            return [(t, t - 1) for t in range(top, 0, -1)]
+        if not 1 <= n_steps <= top:
+            raise ValueError(f"the number of reverse steps must be in 1..{top}, got {n_steps}")
+        span = (top - 1) / (n_steps - 1) if n_steps > 1 else 0.0
+        visits = [int(math.floor(top - i * span + 0.5)) for i in range(n_steps)]  # round half up
+        return [(t, s) for t, s in zip(visits, visits[1:] + [visits[-1] - 1])]
+
     def next_step(self, x_t: torch.Tensor, x0_hat: torch.Tensor, mask_prob: torch.Tensor,
-                  eps_hat: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """x_{t−1} = x_t − (Δ/β_t)·M̃·ε̂ (+ Δ·M̃·x̂0 on rgb channels), M̃ = 1[mask_prob > 0.5].
+                  eps_hat: torch.Tensor, t: torch.Tensor, s: torch.Tensor | None = None) -> torch.Tensor:
+        """x_s = x_t − (Δ/β_t)·M̃·ε̂ (+ Δ·M̃·x̂0 on rgb channels), M̃ = 1[mask_prob > 0.5],
+        Δ = β_t − β_s with s = t − 1 unless given (a strided reverse schedule).
 
         With the true ε_β = β_t·ε, x0 and M this returns exactly the forward x_{t−1}.
         """
         beta = self.beta.to(x_t.device)
         tt = t.to(x_t.device)
+        ss = tt - 1 if s is None else s.to(x_t.device)
         b_t = beta[tt].to(x_t.dtype).view(-1, 1, 1, 1)
-        delta = (beta[tt] - beta[tt - 1]).to(x_t.dtype).view(-1, 1, 1, 1)
+        delta = (beta[tt] - beta[ss]).to(x_t.dtype).view(-1, 1, 1, 1)
         m = (mask_prob > 0.5).to(x_t.dtype)
         out = x_t - (delta / b_t) * m * eps_hat
         r = self._rgb
@@ -76,28 +97,84 @@ class TransparencyProcess:
             out[:, r] = out[:, r] + delta * m * x0_hat[:, r]
         return out
 
+    def _one_step(self, net: Network, x: torch.Tensor, mask: torch.Tensor, t: int, s: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(probabilities, logits, next x) of one reverse step for a batch."""
+        tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+        ss = None if s == t - 1 else torch.full_like(tt, s)
+        eps_hat, x0_hat, logits = net(torch.cat((x, mask), dim=1), tt)
+        # Threshold the float32 sigmoid (not the logit), like the original: tiny
+        # positive logits round to exactly 0.5 and count as "not anomalous".
+        prob = torch.sigmoid(logits.float())
+        return prob, logits, self.next_step(x, x0_hat.to(x.dtype), prob, eps_hat.to(x.dtype), tt, ss)
+
+    def _on_the_default_scale(self, acc: torch.Tensor, n_steps: int) -> torch.Tensor:
+        """Sum of K probabilities × (T−2)/K / (T−1): divided by T − 1 although T − 2 steps ran
+        (the original's normalisation), and a shorter schedule kept on the same scale."""
+        top = self.num_steps - 2
+        scaled = acc if n_steps == top else acc * (top / n_steps)
+        return scaled / (self.num_steps - 1)
+
     @torch.no_grad()
-    def reverse(self, net: Network, image: torch.Tensor, keep_trajectory: bool = False
-                ) -> ReverseResult:
-        """Run t = T−2 … 1 from the test image with an empty mask (SPEC §6)."""
+    def reverse(self, net: Network, image: torch.Tensor, keep_trajectory: bool = False,
+                n_steps: int | None = None, early_stop: int | None = None) -> ReverseResult:
+        """Run the reverse schedule from the test image with an empty mask (SPEC §6).
+
+        Defaults: t = T−2 … 1, the original's loop. ``n_steps``: the strided schedule of
+        `schedule`. ``early_stop`` N: an image stops once the thresholded mask fed back has not
+        changed for N consecutive steps; each of its remaining steps counts its last
+        probabilities (see `_reverse_early_stop`).
+        """
+        pairs = self.schedule(n_steps)
+        if early_stop is not None:
+            return self._reverse_early_stop(net, image, pairs, early_stop)
         x = image
         mask = torch.zeros_like(image[:, :1])
         acc = torch.zeros_like(mask)
         traj: list[dict[str, torch.Tensor]] | None = [] if keep_trajectory else None
-        for step in range(self.num_steps - 2, 0, -1):
-            t = torch.full((image.shape[0],), step, dtype=torch.long, device=image.device)
-            eps_hat, x0_hat, logits = net(torch.cat((x, mask), dim=1), t)
-            # Threshold the float32 sigmoid (not the logit), like the original: tiny
-            # positive logits round to exactly 0.5 and count as "not anomalous".
-            prob = torch.sigmoid(logits.float())
-            x_next = self.next_step(x, x0_hat.to(x.dtype), prob, eps_hat.to(x.dtype), t)
+        for t, s in pairs:
+            prob, logits, x_next = self._one_step(net, x, mask, t, s)
             if traj is not None:
-                traj.append({"t": t, "x_in": x, "mask_in": mask, "logits": logits, "x_out": x_next})
+                traj.append({"t": torch.full((image.shape[0],), t, dtype=torch.long, device=image.device),
+                             "x_in": x, "mask_in": mask, "logits": logits, "x_out": x_next})
             acc = acc + prob
             mask = (prob > 0.5).to(x.dtype)
             x = x_next
-        # divided by T − 1 although T − 2 steps ran: the original's normalisation
-        return ReverseResult(x_final=x, mask_disc=acc / (self.num_steps - 1), trajectory=traj)
+        steps = torch.full((image.shape[0],), len(pairs), dtype=torch.long)
+        return ReverseResult(x_final=x, mask_disc=self._on_the_default_scale(acc, len(pairs)), trajectory=traj,
+                             steps_run=steps)
+
+    def _reverse_early_stop(self, net: Network, image: torch.Tensor, pairs: list[tuple[int, int]],
+                            patience: int) -> ReverseResult:
+        """The reverse loop with per-image early stopping: only images still running go through
+        the network (a batch runs until its last image stops), so each image gets what it
+        would get alone; a stopped image keeps its x, and its remaining steps add its last
+        probabilities to the sum."""
+        b = image.shape[0]
+        x = image.clone()
+        mask = torch.zeros_like(image[:, :1])
+        acc = torch.zeros_like(mask)
+        unchanged = torch.zeros(b, dtype=torch.long, device=image.device)
+        steps = torch.zeros(b, dtype=torch.long, device=image.device)
+        active = torch.ones(b, dtype=torch.bool, device=image.device)
+        for i, (t, s) in enumerate(pairs):
+            idx = torch.nonzero(active).flatten()
+            prob, _, x_next = self._one_step(net, x[idx], mask[idx], t, s)
+            new_mask = (prob > 0.5).to(x.dtype)
+            same = (new_mask == mask[idx]).flatten(1).all(dim=1)
+            unchanged[idx] = torch.where(same, unchanged[idx] + 1, torch.zeros_like(unchanged[idx]))
+            acc[idx] = acc[idx] + prob
+            x[idx], mask[idx] = x_next, new_mask
+            steps[idx] += 1
+            stop = unchanged[idx] >= patience
+            remaining = len(pairs) - i - 1
+            if remaining and bool(stop.any()):
+                acc[idx[stop]] = acc[idx[stop]] + remaining * prob[stop]
+                active[idx[stop]] = False
+            if not bool(active.any()):
+                break
+        return ReverseResult(x_final=x, mask_disc=self._on_the_default_scale(acc, len(pairs)),
+                             steps_run=steps.cpu())
 
 
 def rotate_nearest(x: torch.Tensor, angle: float) -> torch.Tensor:

@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--img-size", type=int, default=256, help="working resolution (multiple of 32)")
     p.add_argument("--eval-kernel-size", type=int, default=7)
     p.add_argument("--eval-w", type=float, default=0.95)
+    p.add_argument("--eval-steps", type=int, default=None, metavar="K",
+                   help="test/predict (and evaluation during training): a strided reverse schedule of K "
+                        "steps instead of all T-2 (README: 'Fewer reverse steps'); opt-in, changes the scores")
+    p.add_argument("--early-stop", type=int, default=None, metavar="N",
+                   help="test/predict: stop an image once its thresholded mask has not changed for N "
+                        "steps (the rest count its last probabilities); opt-in, changes the scores")
     p.add_argument("--eval-epoch-num", type=int, default=750,
                    help="evaluate on the test set after each epoch whose 0-based index is a multiple "
                         "of N (the first one included; 0: never)")
@@ -143,6 +149,12 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     for flag in ("epoch_num", "bs", "diffusion_num_steps", "eval_kernel_size", "eval_bs", "save_every"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1")
+    top = args.diffusion_num_steps - 2
+    if args.eval_steps is not None and not 1 <= args.eval_steps <= top:
+        parser.error(f"--eval-steps must be in 1..{top} (T - 2 with --diffusion-num-steps "
+                     f"{args.diffusion_num_steps}), got {args.eval_steps}")
+    if args.early_stop is not None and args.early_stop < 1:
+        parser.error(f"--early-stop must be at least 1, got {args.early_stop}")
     if args.preview_synthesis is not None and args.preview_synthesis < 1:
         parser.error(f"--preview-synthesis must be at least 1, got {args.preview_synthesis}")
     if args.preview_synthesis is not None and args.choice != "train":

@@ -30,5 +30,6 @@ def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
 
 
 def scoring_options(args: argparse.Namespace) -> ScoringOptions:
-    """``--eval-kernel-size``, ``--eval-w``."""
-    return ScoringOptions(kernel_size=args.eval_kernel_size, weight=args.eval_w)
+    """``--eval-kernel-size``, ``--eval-w``, ``--eval-steps``, ``--early-stop``."""
+    return ScoringOptions(kernel_size=args.eval_kernel_size, weight=args.eval_w, eval_steps=args.eval_steps,
+                          early_stop=args.early_stop)

@@ -40,6 +40,7 @@ class EvalOutput:
     masks: np.ndarray             # [N, S, S] bool ground truth
     paths: list[str]
     defects: list[str]
+    steps: np.ndarray             # [N] int reverse steps each image ran
     metrics: dict[str, Any] = field(default_factory=dict)
     pro_curve: tuple[np.ndarray, np.ndarray] | None = None
     seconds: float = 0.0
@@ -61,7 +62,7 @@ def _score_shard(net: torch.nn.Module, process: TransparencyProcess, part: Datas
                  ) -> tuple[dict[str, list], list[tuple[dict[str, Any], np.ndarray]]]:
     """Score this rank's images; also the batches (and reconstructions) to draw, if asked."""
     loader = DataLoader(part, batch_size=settings.batch_size, shuffle=False, num_workers=settings.workers)
-    got: dict[str, list] = {k: [] for k in ("scores", "labels", "maps", "masks", "paths", "defects")}
+    got: dict[str, list] = {k: [] for k in ("scores", "labels", "maps", "masks", "steps", "paths", "defects")}
     pictures: list[tuple[dict[str, Any], np.ndarray]] = []
     for batch in tqdm(loader, desc=desc, disable=not progress, unit="batch", leave=False):
         images = batch["image"].to(device)
@@ -72,6 +73,7 @@ def _score_shard(net: torch.nn.Module, process: TransparencyProcess, part: Datas
         got["labels"].append(np.asarray(batch["label"]).astype(int))
         got["maps"].append(maps.final.cpu().numpy())
         got["masks"].append(batch["mask"][:, 0].numpy() > 0.5)
+        got["steps"].append(maps.steps_run.cpu().numpy())
         got["paths"].extend(batch["path"])
         got["defects"].extend(batch["defect"])
         if keep_pictures:
@@ -82,20 +84,21 @@ def _score_shard(net: torch.nn.Module, process: TransparencyProcess, part: Datas
 def _gather(dist: Dist, shard: list[int], got: dict[str, list], dataset: Dataset) -> EvalOutput:
     """Every rank's results, in dataset order, on every rank."""
     if got["scores"]:
-        local = (shard, *(np.concatenate(got[k]) for k in ("scores", "labels", "maps", "masks")),
+        local = (shard, *(np.concatenate(got[k]) for k in ("scores", "labels", "maps", "masks", "steps")),
                  got["paths"], got["defects"])
     else:  # more ranks than images: this rank scored none
         hw = tuple(dataset[0]["mask"].shape[1:])
-        local = (shard, np.zeros(0), np.zeros(0, int), np.zeros((0, *hw)), np.zeros((0, *hw), bool), [], [])
+        local = (shard, np.zeros(0), np.zeros(0, int), np.zeros((0, *hw)), np.zeros((0, *hw), bool),
+                 np.zeros(0, int), [], [])
     parts = gather_objects(dist, local)
     order = np.argsort(np.concatenate([np.asarray(p[0], dtype=np.int64) for p in parts]), kind="stable")
 
     def joined(i: int) -> np.ndarray:
         return np.concatenate([p[i] for p in parts])[order]
 
-    paths = [x for p in parts for x in p[5]]
-    defects = [x for p in parts for x in p[6]]
-    return EvalOutput(scores=joined(1), labels=joined(2), maps=joined(3), masks=joined(4),
+    paths = [x for p in parts for x in p[6]]
+    defects = [x for p in parts for x in p[7]]
+    return EvalOutput(scores=joined(1), labels=joined(2), maps=joined(3), masks=joined(4), steps=joined(5),
                       paths=[paths[i] for i in order], defects=[defects[i] for i in order])
 
 

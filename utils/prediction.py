@@ -20,11 +20,11 @@ from data.catalog import IMAGE_EXTENSIONS
 from data.datasets import model_input
 from models.modes import has_depth
 from models.scoring import score_batch
-from models.transparency import TransparencyProcess
 from utils.atomic import atomic_write_text
 from utils.config import runtime_options, scoring_options
 from utils.errors import TransFusionError
 from utils.runs import RunPaths, load_network
+from utils.testing import checked_process
 
 
 def collect_inputs(spec: str) -> list[Path]:
@@ -70,8 +70,12 @@ def predict(args: argparse.Namespace, device: torch.device) -> list[dict[str, An
     if threshold is None:
         print(f"note: no --threshold and no stored threshold for {category} (run -c test to store the "
               f"F1-max one): printing scores only")
+    elif args.threshold is None and meta.get("f1_schedule", scoring.schedule()) != scoring.schedule():
+        print(f"note: the stored threshold was made with the step schedule {meta['f1_schedule']}, but this run "
+              f"scores with {scoring.schedule()}: its decisions may be off (run -c test with the same options)")
     map_range = tuple(meta.get("map_range") or (0.0, 1.0))  # the test set's, so pictures compare
-    process = TransparencyProcess(int(meta.get("diffusion_num_steps") or args.diffusion_num_steps), mode)
+    process = checked_process(int(meta.get("diffusion_num_steps") or args.diffusion_num_steps), mode,
+                              scoring.eval_steps, paths.meta(category))
     out_dir = paths.root / "predictions" / category
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -96,8 +100,8 @@ def predict(args: argparse.Namespace, device: torch.device) -> list[dict[str, An
             save_panel(heat, images[i].float().cpu().numpy(), maps.final[i].cpu().numpy(), None,
                        recon[i].float().cpu().numpy(), mode, score=score,
                        title=f"{p.name}: {decision or 'score'}", map_range=map_range)
-            records.append({"path": str(p), "score": score, "decision": decision,
-                            "threshold": threshold, "heatmap": str(heat)})
+            records.append({"path": str(p), "score": score, "decision": decision, "threshold": threshold,
+                            "steps": int(maps.steps_run[i]), "heatmap": str(heat)})
             print(f"{score:.6f}  {decision or '':6s}  {p}")
         batch_paths.clear()
         batch_images.clear()

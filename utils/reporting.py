@@ -54,11 +54,12 @@ def write_results(out: EvalOutput, folder: Path, summary_extra: dict[str, Any]) 
     folder.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["image_path", "label", "defect", "score"])
-    for p, y, d, s in zip(out.paths, out.labels, out.defects, out.scores):
-        w.writerow([p, int(y), d, f"{s:.8f}"])
+    w.writerow(["image_path", "label", "defect", "score", "steps"])
+    for p, y, d, s, n in zip(out.paths, out.labels, out.defects, out.scores, out.steps):
+        w.writerow([p, int(y), d, f"{s:.8f}", int(n)])
     atomic_write_text(folder / "per_image.csv", buf.getvalue())
     summary = {"metrics": out.metrics, "n_images": int(len(out.scores)),
+               "mean_steps": round(float(out.steps.mean()), 3) if len(out.steps) else None,
                "n_anomalous": int(out.labels.sum()), "seconds": round(out.seconds, 2),
                "seconds_per_image": round(out.seconds / max(1, len(out.scores)), 4), **summary_extra}
     atomic_write_json(folder / "summary.json", summary)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,6 +18,15 @@ from utils.evaluation import EvalOutput, EvalSettings, evaluate
 from utils.reporting import (append_output_csv, avg_line, fmt_pct, heat_map_range, markdown_table, write_panels,
                              write_results)
 from utils.runs import RunPaths, load_network, update_meta
+
+
+def checked_process(num_steps: int, mode: str, eval_steps: int | None, meta_path: Path) -> TransparencyProcess:
+    """The run's transparency process, refusing an --eval-steps its T cannot take."""
+    process = TransparencyProcess(num_steps, mode)
+    if eval_steps is not None and not 1 <= eval_steps <= num_steps - 2:
+        raise TransFusionError(f"--eval-steps {eval_steps}: the checkpoint was trained with {num_steps} diffusion "
+                               f"steps ({meta_path}), so 1..{num_steps - 2} reverse steps are possible")
+    return process
 
 
 def eval_settings(args: argparse.Namespace) -> EvalSettings:
@@ -41,12 +51,13 @@ def _record(args: argparse.Namespace, category: str, paths: RunPaths, meta: dict
     results = paths.results(category)
     write_results(out, results, {
         "run": args.run_name, "category": category, "checkpoint": str(paths.weights(category)),
-        "epoch": meta.get("epoch"), "fg_masks": meta.get("fg_masks"),
+        "epoch": meta.get("epoch"), "fg_masks": meta.get("fg_masks"), "schedule": scoring_options(args).schedule(),
         "config": {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, type(None)))},
     })
     if out.metrics.get("image_f1_threshold") is not None:
+        # a threshold is only valid for the step schedule that made the scores
         update_meta(paths, category, f1_threshold=out.metrics["image_f1_threshold"],
-                    map_range=list(heat_map_range(out.maps)))
+                    f1_schedule=scoring_options(args).schedule(), map_range=list(heat_map_range(out.maps)))
     append_output_csv(paths.output_csv, args.run_name, category, meta.get("epoch", "released"), out.metrics)
     print(f"[{category}] image AUROC {fmt_pct(out.metrics['image_auroc'])}, AUPRO {fmt_pct(out.metrics['aupro'])}, "
           f"{out.seconds / max(1, len(out.scores)):.2f} s/image; results in {results}")
@@ -64,7 +75,8 @@ def test_categories(args: argparse.Namespace, categories: list[str], paths: RunP
         if dist.is_main and meta.get("img_size") and meta["img_size"] != args.img_size:
             print(f"[{cat}] note: trained at {meta['img_size']} px, testing at --img-size {args.img_size}")
         test_set = _test_set(args, cat, mode, meta)
-        process = TransparencyProcess(meta.get("diffusion_num_steps", args.diffusion_num_steps), mode)
+        process = checked_process(meta.get("diffusion_num_steps", args.diffusion_num_steps), mode,
+                                  args.eval_steps, paths.meta(cat))
         out = evaluate(runtime.callable(net), process, test_set, device, eval_settings(args), dist=dist,
                        progress=not args.quiet and dist.is_main, desc=f"[{cat}] test", keep_pictures=args.visualize)
         if args.visualize:
