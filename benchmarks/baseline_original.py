@@ -35,8 +35,9 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from models.transparency import (  # noqa: E402
-    AnomalyMaps, ReverseResult, TransparencyProcess, depth_channels, rgb_channels)
+from models.modes import depth_channels, rgb_channels  # noqa: E402
+from models.scoring import AnomalyMaps  # noqa: E402
+from models.transparency import ReverseResult, TransparencyProcess  # noqa: E402
 from models.unet import SelfAttention, TransFusionUNet, UNetConfig  # noqa: E402
 
 

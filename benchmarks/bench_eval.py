@@ -229,11 +229,14 @@ def apply_omp_choice(args: argparse.Namespace) -> None:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 
-def run_worker_process(cmd: list[str], args: argparse.Namespace, what: str) -> dict:
-    """Run one worker subprocess (its own peak memory) and parse the JSON of its last line."""
+def run_worker_process(cmd: list[str], args: argparse.Namespace, what: str, omp: str | None = None) -> dict:
+    """Run one worker subprocess (its own peak memory) and parse the JSON of its last line.
+    ``omp`` overrides --omp for this worker (passive, or default: libgomp's own policy)."""
     env = dict(os.environ)
-    if args.omp == "passive":
+    if (omp or args.omp) == "passive":
         env["OMP_WAIT_POLICY"] = "PASSIVE"
+    else:
+        env.pop("OMP_WAIT_POLICY", None)
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(ROOT), env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"worker {what} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")

@@ -5,8 +5,12 @@
     python benchmarks/bench_train.py --size 128 --bs 4 --repeats 3
     python benchmarks/bench_train.py --size 128 --variants current baseline no_recompute channels_last malloc_reuse bf16
 
-Network: the default rgb TransFusionUNet (n_channels 64, ch_mults 1 2 2 2, attention at the two
-lowest levels + middle), random weights (seed 0), float32, train mode, AdamW (lr 1e-5).
+Network (--net): ``default``, the paper's rgb TransFusionUNet (n_channels 64, ch_mults 1 2 2 2,
+attention at the two lowest levels + middle), or ``demo``, the demo's CPU-sized one
+(utils/demo.py: 32 channels, ch_mults 1 2 2, attention at the lowest level, 1 block per level);
+random weights (seed 0), float32, train mode, AdamW (lr 1e-5). GFLOP/s: the FLOPs of one
+baseline step (forward + backward, FlopCounterMode at batch 1, times the batch) per second,
+beside the 4096² float32 matmul rate measured at the start and end of the same run.
 Input: a fixed synthetic batch (x0 ~ U(-1, 1); the first half of the batch carries a disc
 anomaly M with ε = M·U(-1, 1) and a slightly shifted disc as M_c; t drawn with seed 3); the
 same batch every step, prepared outside the timed region.
@@ -18,6 +22,7 @@ Variants, each in its own fresh subprocess (so its peak memory is its own):
 - ``baseline``       benchmarks/baseline_original.py: the original's einsum attention, every
                      activation stored, contiguous layout, glibc's default allocator settings
 - ``no_recompute``   current without the recomputation (set_recompute(False))
+- ``omp_default``    current with libgomp's own thread wait policy instead of the CLI's PASSIVE
 - ``channels_last``  current in the channels_last layout (--memory-format channels_last)
 - ``malloc_reuse``   current + glibc keeping freed memory (--malloc-reuse)
 - ``bf16``           current under bf16 autocast (--amp bf16; changes the numbers)
@@ -45,7 +50,7 @@ sys.path.insert(0, str(HERE))
 from bench_eval import (add_worker_options, apply_omp_choice, cpu_name, loadavg,  # noqa: E402
                         proc_status_kib, run_worker_process)
 
-VARIANTS = ("current", "baseline", "no_recompute", "channels_last", "malloc_reuse", "bf16")
+VARIANTS = ("current", "baseline", "no_recompute", "omp_default", "channels_last", "malloc_reuse", "bf16")
 STEPS = 20
 
 
@@ -72,16 +77,44 @@ def make_batch(size: int, bs: int, seed: int = 3):
     return process, x_t, t, x0, eps, mask, mask_c
 
 
-def build_net(variant: str, n_channels: int):
+def net_config(net: str, n_channels: int):
+    """The UNetConfig of --net default (with --n-channels) or demo."""
+    from models.unet import UNetConfig
+    from utils.demo import DEMO_SETTINGS as d
+
+    if net == "demo":
+        return UNetConfig(n_channels=d["unet_channel_num"], ch_mults=tuple(d["unet_ch_mults"]),
+                          attn=tuple(d["unet_attn"]), group_conv=tuple(d["unet_group_conv"]), n_blocks=d["unet_n_blocks"])
+    return UNetConfig(n_channels=n_channels)
+
+
+def step_gflop(net: str, n_channels: int, size: int) -> float:
+    """GFLOP of one training step (forward + backward) of the baseline network per image."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from baseline_original import make_baseline
+    from models.losses import transfusion_loss
+    from models.unet import TransFusionUNet
+
+    torch.manual_seed(0)
+    m = make_baseline(TransFusionUNet(net_config(net, n_channels)).train().set_recompute(False), inplace=True)
+    process, x_t, t, x0, eps, mask, mask_c = make_batch(size, 1)
+    with FlopCounterMode(display=False) as fc:
+        eps_hat, x0_hat, logits = m(torch.cat((x_t, mask_c), 1), t)
+        transfusion_loss(process, x_t, t, x0, eps, mask, eps_hat, x0_hat, logits).total.backward()
+    return fc.get_total_flops() / 1e9
+
+
+def build_net(variant: str, n_channels: int, net_kind: str = "default"):
     import torch
     from baseline_original import make_baseline
-    from models.unet import TransFusionUNet, UNetConfig
+    from models.unet import TransFusionUNet
 
     from models.runtime import apply_memory_format
     from utils.allocator import tune_allocator
 
     torch.manual_seed(0)
-    net = TransFusionUNet(UNetConfig(n_channels=n_channels)).train()
+    net = TransFusionUNet(net_config(net_kind, n_channels)).train()
     if variant == "baseline":
         return make_baseline(net.set_recompute(False), inplace=True)
     if variant == "no_recompute":
@@ -110,7 +143,7 @@ def worker(args: argparse.Namespace) -> None:
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
-    net = build_net(args.variant, args.n_channels)
+    net = build_net(args.variant, args.n_channels, args.net)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-5)
     batch = make_batch(args.size, args.bs)
     rss_ready = proc_status_kib("VmRSS")
@@ -159,8 +192,8 @@ def check_agreement(size: int = 64, bs: int = 2, n_channels: int = 32) -> dict[s
 def run_worker(args: argparse.Namespace, variant: str) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--variant", variant,
            "--size", str(args.size), "--bs", str(args.bs), "--repeats", str(args.repeats),
-           "--n-channels", str(args.n_channels), "--threads", str(args.threads)]
-    return run_worker_process(cmd, args, variant)
+           "--n-channels", str(args.n_channels), "--net", args.net, "--threads", str(args.threads)]
+    return run_worker_process(cmd, args, variant, omp="default" if variant == "omp_default" else None)
 
 
 def main() -> None:
@@ -171,6 +204,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="64 px, 3 timed steps")
     p.add_argument("--variants", nargs="+", default=["current", "baseline"], choices=VARIANTS)
     p.add_argument("--n-channels", type=int, default=64)
+    p.add_argument("--net", choices=("default", "demo"), default="default")
     add_worker_options(p)
     args = p.parse_args()
     if args.worker:
@@ -181,14 +215,20 @@ def main() -> None:
         args.size, args.repeats = 64, 3
 
     import torch
+    from bench_eval import matmul_gflops
+
     start = time.perf_counter()
     variants = list(dict.fromkeys(["current", "baseline"] + args.variants))
+    mm_start = max(matmul_gflops())
     print(f"# bench_train  {time.strftime('%Y-%m-%d %H:%M')}  {cpu_name()}, {os.cpu_count()} CPUs, "
           f"torch {torch.__version__}, {args.threads or torch.get_num_threads()} threads, OMP_WAIT_POLICY "
           f"{os.environ.get('OMP_WAIT_POLICY', '(unset)')}, "
           f"load average {loadavg():.2f}")
     print(f"# one step = forward + transfusion_loss + backward + AdamW; {args.size} px, batch {args.bs}, "
-          f"n_channels {args.n_channels}, float32; 1 warm-up + {args.repeats} timed steps per variant")
+          f"{args.net} network" + (f" (n_channels {args.n_channels})" if args.net == "default" else "")
+          + f", float32; 1 warm-up + {args.repeats} timed steps per variant")
+    gflop = step_gflop(args.net, args.n_channels, args.size) * args.bs
+    print(f"# 4096x4096 float32 matmul {mm_start:.1f} GFLOP/s (best of 5); one step {gflop:.1f} GFLOP")
     if not args.no_check:
         check_agreement()
     res = {}
@@ -204,9 +244,10 @@ def main() -> None:
     cur = res["current"]
     cur_med, cur_peak = st.median(cur["times"]), cur["vmhwm_kib"]
     cur_work = cur["vmhwm_kib"] - cur["rss_ready_kib"]
+    mm_end = max(matmul_gflops())
     hdr = ("| size | batch | variant | timed steps | s/step median | min | max | time/current (median) "
-           "| time/current (best) | peak RSS MiB | peak/current | peak - ready MiB | (peak - ready)/current "
-           "| first-step loss |")
+           "| time/current (best) | GFLOP/s (best) | % of matmul | peak RSS MiB | peak/current | peak - ready MiB "
+           "| (peak - ready)/current | first-step loss |")
     print()
     print(hdr)
     print("|" + "---|" * (hdr.count("|") - 1))
@@ -216,6 +257,7 @@ def main() -> None:
         work = o["vmhwm_kib"] - o["rss_ready_kib"]
         print(f"| {args.size} | {args.bs} | {v} | {len(o['times'])} | {med:.2f} | {min(o['times']):.2f} "
               f"| {max(o['times']):.2f} | {med / cur_med:.2f} | {min(o['times']) / min(cur['times']):.2f} "
+              f"| {gflop / min(o['times']):.0f} | {100 * gflop / min(o['times']) / max(mm_start, mm_end):.0f} "
               f"| {o['vmhwm_kib'] / 1024:.0f} | {o['vmhwm_kib'] / cur_peak:.2f} | {work / 1024:.0f} "
               f"| {work / cur_work:.2f} | {o['losses'][0]:.6f} |")
     base = res["baseline"]
@@ -224,7 +266,7 @@ def main() -> None:
           f"{min(cur['times']) / min(base['times']):.2f} (best); "
           f"peak RSS {cur_peak / base['vmhwm_kib']:.2f}; "
           f"peak - ready {cur_work / (base['vmhwm_kib'] - base['rss_ready_kib']):.2f}. "
-          f"Total wall {time.perf_counter() - start:.0f} s.")
+          f"Matmul {mm_start:.0f} / {mm_end:.0f} GFLOP/s at start / end. Total wall {time.perf_counter() - start:.0f} s.")
 
 
 if __name__ == "__main__":
