@@ -19,9 +19,26 @@ import sys
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ARG001
+    """Warnings as ``warning: <message>`` on one line: the default adds ``file:line: UserWarning:``
+    and the Python source line that raised it, which says nothing to a user."""
+    print(f"warning: {' '.join(str(message).split())}", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    previous = warnings.showwarning
+    warnings.showwarning = _one_line_warning
+    try:
+        return _run(argv)
+    finally:
+        warnings.showwarning = previous  # main() also runs in-process (tests)
+
+
+def _run(argv: list[str] | None) -> int:
     from utils.Argparser import parse_args
-    from utils.errors import TransFusionError
+    from utils.errors import Interrupted, TransFusionError
 
     args = parse_args(argv)
     from utils.allocator import tune_allocator
@@ -35,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     except TransFusionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:  # Ctrl-C, after saving
+        if str(exc):
+            print(f"interrupted: {exc}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -25,6 +25,10 @@ DATASET_CATEGORIES: dict[str, tuple[str, ...]] = {
     ),
 }
 
+# The authors' released runs (SPEC §9): the input mode each dataset's run was trained in. Their
+# published per-category results (utils/published/) are for these modes only.
+RELEASED_RUN_MODES: dict[str, str] = {"mvtec": "rgb", "visa": "rgb", "mvtec3d": "rgbd"}
+
 # Texture categories: anomalies may appear anywhere, so the foreground mask is all ones (SPEC §2).
 TEXTURE_CATEGORIES: frozenset[str] = frozenset({"carpet", "grid", "leather", "tile", "wood", "zipper"})
 

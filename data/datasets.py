@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Collection
 
 import numpy as np
 import torch
@@ -62,6 +62,8 @@ class TrainDataset(Dataset):
     (depth != 0) and ``fg_masks`` is ignored. Depth modes preprocess every xyz
     file once here; ``self.depth_norm`` is the (gmin, gmax) used (computed from
     these files when not given), which the test set must reuse.
+    ``exclude``: file names left out (images held out for calibration); ``fg_masks`` still
+    pair with all sorted training images by position, so the kept images keep their masks.
     """
 
     def __init__(
@@ -73,6 +75,7 @@ class TrainDataset(Dataset):
         img_size: int,
         fg_masks: FgMaskSource | None = None,
         depth_norm: tuple[float, float] | None = None,
+        exclude: Collection[str] = (),
     ) -> None:
         check_dataset(dataset)
         _check_mode(dataset, mode)
@@ -85,6 +88,10 @@ class TrainDataset(Dataset):
                 f"'{self.paths[0].parent}'; the masks must match the training images one to one"
             )
         self.fg_masks = fg_masks
+        # position of each kept image among all training images: its foreground mask
+        self._fg_index = [i for i, p in enumerate(self.paths) if p.name not in exclude]
+        if exclude:
+            self.paths = [self.paths[i] for i in self._fg_index]
         self.depth_norm: tuple[float, float] | None = None
         # Preprocessed (depth, plane_mask) per image: the xyz TIFFs are large and
         # the plane fit is not free, so each is done once rather than every epoch.
@@ -116,7 +123,7 @@ class TrainDataset(Dataset):
         if has_rgb(self.mode):
             parts.append(read_rgb(self.paths[i], s))
         if self.mode == "rgb":
-            fg = self.fg_masks[i].float() if self.fg_masks is not None else torch.ones(1, s, s)
+            fg = self.fg_masks[self._fg_index[i]].float() if self.fg_masks is not None else torch.ones(1, s, s)
         else:
             depth, plane = self._depth[i]
             assert self.depth_norm is not None

@@ -147,9 +147,13 @@ def preprocess_depth(xyz: np.ndarray, size: int, name: str | None = None) -> tup
             dist = np.abs(small.astype(np.float64) @ normal - float(normal @ p1))
             foreground = (dist > PLANE_DISTANCE) & valid
     if foreground is None:
+        if valid.any():
+            what = "keeping every measured point as foreground"
+        else:  # nothing measured: "every measured point" would be no point at all
+            what = "it has no measured point at all (every z is 0), so no synthetic anomaly is placed on it"
         warnings.warn(
             f"{name or 'xyz array'}: cannot fit the background plane (a corner patch has no valid "
-            f"point or the corners are collinear); keeping every measured point as foreground",
+            f"point or the corners are collinear); {what}",
             stacklevel=2,
         )
         foreground = valid

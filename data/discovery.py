@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from data.catalog import DATASET_CATEGORIES, DATASETS, IMAGE_EXTENSIONS, VISA_CSV, xyz_path_for
@@ -59,14 +59,37 @@ def _check_root(data_path: str | os.PathLike) -> Path:
     return root
 
 
-def _list_images(folder: Path, extensions: frozenset[str] = IMAGE_EXTENSIONS) -> list[Path]:
-    """Image files directly in ``folder``, sorted by name; hidden files (e.g. macOS ``._x.png``) skipped."""
+@dataclass(frozen=True)
+class Skipped:
+    """A file in an image folder that discovery left out, and why: ``"extension"`` (not one the
+    layout reads), ``"hidden"`` (e.g. macOS ``._x.png``) or ``"unreadable"`` (a broken link or
+    not a regular file)."""
+
+    path: Path
+    reason: str
+
+
+def _list_images(folder: Path, extensions: frozenset[str] = IMAGE_EXTENSIONS,
+                 skipped: list[Skipped] | None = None) -> list[Path]:
+    """Image files directly in ``folder``, sorted by name; what is left out goes to ``skipped``
+    (sub-folders are not files and are not counted)."""
     if not folder.is_dir():
         return []
-    files = [
-        p for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in extensions
-    ]
+    files = []
+    for p in folder.iterdir():
+        if p.is_dir():
+            continue
+        if p.name.startswith("."):
+            reason = "hidden"
+        elif not p.is_file():
+            reason = "unreadable"
+        elif p.suffix.lower() not in extensions:
+            reason = "extension"
+        else:
+            files.append(p)
+            continue
+        if skipped is not None:
+            skipped.append(Skipped(p, reason))
     return sorted(files, key=lambda p: p.name)
 
 
@@ -138,6 +161,10 @@ def resolve_categories(dataset: str, data_path: str | os.PathLike, category: str
         return [root.name]
     present = _subdirs(root)
     known = DATASET_CATEGORIES[dataset]
+    if not category.strip():
+        # root / "" is the root itself: it would be reported as the missing category
+        raise TransFusionError(f"--category is empty; give one of the categories in '{root}' "
+                               f"({_listing(present)}) or 'all'")
     if category == "all":
         missing = [c for c in known if not (root / c).is_dir()]
         if len(missing) == len(known):
@@ -229,17 +256,19 @@ def _read_visa_csv(data_path: Path, category: str, split: str) -> list[tuple[int
 # ----------------------------------------------------------------------------- discovery
 
 
-def find_train_images(dataset: str, data_path: str | os.PathLike, category: str) -> list[Path]:
-    """Training (good) images of one category, sorted by file name."""
+def find_train_images(dataset: str, data_path: str | os.PathLike, category: str,
+                      skipped: list[Skipped] | None = None) -> list[Path]:
+    """Training (good) images of one category, sorted by file name; files left out of the image
+    folder are added to ``skipped`` when given."""
     check_dataset(dataset)
     root = _check_root(data_path)
     if dataset == "mvtec":
         folder = root / category / "train" / "good"
-        images = _list_images(folder, _PNG)
+        images = _list_images(folder, _PNG, skipped)
         pattern = folder / "*.png"
     elif dataset == "mvtec3d":
         folder = root / category / "train" / "good" / "rgb"
-        images = _list_images(folder, _PNG)
+        images = _list_images(folder, _PNG, skipped)
         pattern = folder / "*.png"
     elif dataset == "visa":
         if visa_layout(root, category) == "released":
@@ -260,22 +289,24 @@ def find_train_images(dataset: str, data_path: str | os.PathLike, category: str)
                 f"VisA category '{root / category}' has a 'Data' folder but '{root / VISA_CSV}' is missing; "
                 f"copy split_csv/1cls.csv from the VisA release into '{root}'"
             )
-        images = _list_images(folder)
+        images = _list_images(folder, skipped=skipped)
         pattern = folder / "*.JPG"
     else:  # folder
         base = _folder_root(root, category)
         folder = base / "train" / "good"
         if not folder.is_dir():
             folder = base
-        images = _list_images(folder)
+        images = _list_images(folder, skipped=skipped)
         pattern = folder / "*.png|*.jpg"
     if not images:
         raise TransFusionError(f"no training images in '{folder}'; expected files like '{pattern}'")
     return images
 
 
-def find_test_samples(dataset: str, data_path: str | os.PathLike, category: str) -> list[TestSample]:
-    """Test images with labels and mask paths, sorted by (defect, file name)."""
+def find_test_samples(dataset: str, data_path: str | os.PathLike, category: str,
+                      skipped: list[Skipped] | None = None) -> list[TestSample]:
+    """Test images with labels and mask paths, sorted by (defect, file name); files left out of
+    the image folders are added to ``skipped`` when given."""
     check_dataset(dataset)
     root = _check_root(data_path)
     samples: list[TestSample] = []
@@ -297,11 +328,11 @@ def find_test_samples(dataset: str, data_path: str | os.PathLike, category: str)
     for defect in _subdirs(test_dir):
         is_bad = defect != "good"
         if dataset == "mvtec3d":
-            images = _list_images(test_dir / defect / "rgb", _PNG)
+            images = _list_images(test_dir / defect / "rgb", _PNG, skipped)
         elif dataset == "mvtec":
-            images = _list_images(test_dir / defect, _PNG)
+            images = _list_images(test_dir / defect, _PNG, skipped)
         else:
-            images = _list_images(test_dir / defect)
+            images = _list_images(test_dir / defect, skipped=skipped)
         for image in images:
             mask: Path | None = None
             xyz: Path | None = None
@@ -328,3 +359,78 @@ def find_test_samples(dataset: str, data_path: str | os.PathLike, category: str)
     return sorted(samples, key=lambda s: (s.defect, s.image_path.name))
 
 
+
+
+def find_validation_images(dataset: str, data_path: str | os.PathLike, category: str) -> list[Path]:
+    """Good images of a layout's ``validation/good`` split, which training never reads: MVTec 3D-AD's
+    ``<cat>/validation/good/rgb/*.png``, else ``<cat>/validation/good/*`` where a layout has one
+    (the folder layout may). Empty when there is none."""
+    check_dataset(dataset)
+    root = _check_root(data_path)
+    if dataset == "visa" and visa_layout(root, category) == "released":
+        return []
+    base = _folder_root(root, category) if dataset == "folder" else root / category
+    if dataset == "mvtec3d":
+        return _list_images(base / "validation" / "good" / "rgb", _PNG)
+    return _list_images(base / "validation" / "good", _PNG if dataset == "mvtec" else IMAGE_EXTENSIONS)
+
+
+# ----------------------------------------------------------------------------- what a run found
+
+
+@dataclass
+class CategoryScan:
+    """What discovery found for one category and what it left out, for the run to say."""
+
+    category: str
+    root: Path
+    extensions: str                 # what the layout's image folders read, for the message
+    train: int | None = None        # None: not looked for, or none found
+    test: int | None = None
+    anomalous: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # why a part was not found
+
+    def line(self, shown: int = 3) -> str:
+        """``[cat] 6 training images, 7 test images (4 anomalous); skipped 1 file: ...``."""
+        parts = []
+        if self.train is not None:
+            parts.append(f"{self.train} training image{'s' * (self.train != 1)}")
+        if self.test is not None:
+            parts.append(f"{self.test} test image{'s' * (self.test != 1)} ({self.anomalous} anomalous)")
+        text = f"[{self.category}] found " + (", ".join(parts) or "no images")
+        if self.skipped:
+            text += f"; skipped {len(self.skipped)} file{'s' * (len(self.skipped) != 1)}: " + "; ".join(
+                self._reason(reason, shown) for reason in ("extension", "hidden", "unreadable")
+                if any(k.reason == reason for k in self.skipped))
+        return text
+
+    def _reason(self, reason: str, shown: int) -> str:
+        paths = [k.path for k in self.skipped if k.reason == reason]
+        names = [str(p.relative_to(self.root)) if p.is_relative_to(self.root) else str(p) for p in paths]
+        why = {"extension": f"with an extension this layout does not read (it reads {self.extensions})",
+               "hidden": "hidden", "unreadable": "unreadable (a broken link or not a regular file)"}[reason]
+        return f"{len(paths)} {why}: {_listing(names, shown)}"
+
+
+def scan_category(dataset: str, data_path: str | os.PathLike, category: str, train: bool = True,
+                  test: bool = True) -> CategoryScan:
+    """Count a category's training and/or test images and collect what the folders held that is
+    not used. Never raises for a missing part: the finders themselves say what is wrong when the
+    run needs that part."""
+    root = _check_root(data_path)
+    base = _folder_root(root, category) if dataset == "folder" else root / category
+    scan = CategoryScan(category, base, ".png" if dataset in ("mvtec", "mvtec3d") else
+                        " ".join(sorted(IMAGE_EXTENSIONS)))
+    if train:
+        try:
+            scan.train = len(find_train_images(dataset, root, category, scan.skipped))
+        except TransFusionError as exc:
+            scan.problems.append(str(exc))
+    if test:
+        try:
+            samples = find_test_samples(dataset, root, category, scan.skipped)
+            scan.test, scan.anomalous = len(samples), sum(s.label for s in samples)
+        except TransFusionError as exc:
+            scan.problems.append(str(exc))
+    return scan

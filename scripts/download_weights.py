@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a script: make `models` / `utils` importable
     sys.path.insert(0, str(REPO))
 
-from data.catalog import DATASET_CATEGORIES, IMAGE_EXTENSIONS, TEXTURE_CATEGORIES  # noqa: E402
+from data.catalog import DATASET_CATEGORIES, IMAGE_EXTENSIONS, RELEASED_RUN_MODES, TEXTURE_CATEGORIES  # noqa: E402
 from models.checkpoint import config_from_state_dict, load_state_dict_file  # noqa: E402
 from utils.errors import TransFusionError  # noqa: E402
 
@@ -57,7 +57,7 @@ MASK_IDS = {
     "mvtec3d": "1vMjKhxSH1UdFLIAXu2pr_9UqoknmVUJA",
 }
 CATEGORIES = DATASET_CATEGORIES
-RUN_MODE = {"mvtec": "rgb", "visa": "rgb", "mvtec3d": "rgbd"}
+RUN_MODE = RELEASED_RUN_MODES
 # texture categories train with an all-ones foreground (SPEC §2), so their masks are optional
 TEXTURES = TEXTURE_CATEGORIES
 TARGETS = ("mvtec", "visa", "mvtec3d", "fg_masks", "all")

@@ -1,10 +1,15 @@
 """Shared test setup: the repo on sys.path and the location of ../shared."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
+
+# As Experiment.py does before torch loads libgomp: in-process CLI runs otherwise train with
+# spinning OpenMP threads, 3-25x slower on a machine where anything else runs (README).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -219,13 +219,14 @@ def test_pixel_metrics_hypothesis(maps: np.ndarray, masks: np.ndarray, max_fpr: 
 def test_no_anomalous_pixels_is_none() -> None:
     maps = np.random.default_rng(0).random((3, 8, 8))
     masks = np.zeros((3, 8, 8), dtype=bool)
-    assert metrics.pixel_metrics(maps, masks) == {"pixel_auroc": None, "aupro": None, "pro_curve": None}
+    assert metrics.pixel_metrics(maps, masks) == {"pixel_auroc": None, "pixel_ap": None, "aupro": None,
+                                                  "pro_curve": None}
     assert metrics.aupro(maps, masks) is None
     assert metrics.pixel_auroc(maps, masks) is None
     assert metrics.aupro(maps, ~masks) is None  # no normal pixel either
     result = metrics.compute_metrics(maps.max(axis=(1, 2)), np.zeros(3), maps, masks)
     assert result == {"image_auroc": None, "image_ap": None, "image_f1_max": None,
-                      "image_f1_threshold": None, "pixel_auroc": None, "aupro": None}
+                      "image_f1_threshold": None, "pixel_auroc": None, "aupro": None, "pixel_ap": None}
 
 
 def test_single_defect_region() -> None:
@@ -321,7 +322,7 @@ def test_compute_metrics_keys_and_values() -> None:
     labels = masks.any(axis=(1, 2))
     result = metrics.compute_metrics(scores, labels, maps, masks)
     assert list(result) == ["image_auroc", "image_ap", "image_f1_max", "image_f1_threshold",
-                            "pixel_auroc", "aupro"]
+                            "pixel_auroc", "aupro", "pixel_ap"]
     assert result["image_auroc"] == pytest.approx(roc_auc_score(labels, scores))
     assert result["aupro"] == pytest.approx(slow_aupro(maps, masks), abs=1e-10)
     assert metrics.compute_metrics(scores, labels)["aupro"] is None

@@ -69,8 +69,15 @@ def test_sigkill_then_resume_matches_uninterrupted_run(data, tmp_path, uninterru
 def test_ctrl_c_saves_mid_epoch_and_resume_matches(data, tmp_path, uninterrupted):
     proc = start_and_stop(data, tmp_path, signal.SIGINT)
     text = proc.stdout.read()
-    assert proc.returncode == 0, text
-    assert "checkpoint saved" in text
+    # 130 = 128 + SIGINT after saving, so `train && test` does not test a half-trained model
+    assert proc.returncode == 130, text
+    lines = text.splitlines()
+    # said once: the acknowledgement when the key is pressed, and what was saved at the end
+    assert text.count("checkpoint saved") == 1 and sum(ln.startswith("Ctrl-C:") for ln in lines) == 1, text
+    (saved,) = [ln for ln in lines if "checkpoint saved" in ln]
+    newest = sorted((tmp_path / "k" / "models").glob("bottle_state_*.pt"))[-1]
+    assert saved.startswith("interrupted: [bottle] checkpoint saved: ") and str(newest) in saved
+    assert "--resume" in saved
     out = cli("-c", "train", "-r", "k", "--resume", *common(data, tmp_path))
     assert "resuming at epoch" in out.stdout
     models = tmp_path / "k" / "models"

@@ -7,13 +7,26 @@ booleans accept T/F, true/false, 1/0.
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Sequence
 
 from data.catalog import DATASETS
 from models.modes import MODES, has_depth
 from models.runtime import AMP_CHOICES, MEMORY_FORMATS
 from utils.commands import COMMANDS
+from utils.config import unet_config
 from utils.demo import DEMO_SETTINGS
+from utils.errors import TransFusionError
+from utils.thresholds import DEFAULT_CONFIDENCE
+
+
+def _fraction(text: str) -> float:
+    """A fraction: 0.05, or a percentage such as 5%."""
+    value = text.strip()
+    try:
+        return float(value[:-1]) / 100 if value.endswith("%") else float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction such as 0.05 or 5%, got {text!r}") from None
 
 
 def _bool(text: str) -> bool:
@@ -41,12 +54,21 @@ class _ListAction(argparse.Action):
             parser.error(f"{option_string}: {exc}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``error: ...``, exit 2), like the command line's own errors,
+    instead of the multi-line usage text."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {message} (see python Experiment.py --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="Experiment.py",
         description="TransFusion: transparency-based diffusion for anomaly detection (ECCV 2024).")
     p.add_argument("-c", "--choice", choices=tuple(COMMANDS), required=True,
-                   help="train, test, demo (built-in data, runs anywhere) or predict (unlabelled images)")
+                   help="train, test, demo (built-in data, runs anywhere), predict (unlabelled images) or "
+                        "calibrate (a decision threshold from good images)")
     p.add_argument("-r", "--run-name", default=None, help="run folder name under --log-path")
     p.add_argument("-d", "--data-path", default=None, help="dataset root, as unpacked")
     p.add_argument("--log-path", default="./experiments/", help="where run folders live")
@@ -61,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "without it a small built-in texture bank is used")
     p.add_argument("--category", default="all", help="one category name, or 'all'")
     p.add_argument("--resume", action="store_true", help="continue a killed/stopped training run")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train: start a category that has weights again; its weights, meta, training states "
+                        "and results move to <run>/replaced-<time>/<category>/ (nothing is deleted)")
     p.add_argument("--visualize", action="store_true", help="write a picture per test image")
     p.add_argument("--seed", type=int, default=3)
     p.add_argument("--epoch-num", type=int, default=1500)
@@ -89,7 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-epoch-num", type=int, default=750,
                    help="evaluate on the test set after each epoch whose 0-based index is a multiple "
                         "of N (the first one included; 0: never)")
-    # additions of this project
+    return _add_project_flags(p)
+
+
+def _add_project_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The flags this project adds to the original's (a second screen of build_parser)."""
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu... (default: cuda if available)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     p.add_argument("--eval-bs", type=int, default=8, help="evaluation batch size (same numbers at any size)")
@@ -97,7 +126,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-last", type=int, default=2, help="training-state checkpoints to keep")
     p.add_argument("--input", default=None, help="predict: an image, a folder or a glob")
     p.add_argument("--threshold", type=float, default=None,
-                   help="predict: decision threshold (default: the F1-max threshold from -c test)")
+                   help="predict: decision threshold, defect when score >= it (default: the calibrated threshold "
+                        "from -c calibrate, else the F1-max threshold from -c test)")
+    p.add_argument("--target-fpr", type=_fraction, default=None, metavar="A",
+                   help="calibrate: the false-alarm rate on good parts to stay under, as 0.01 or 1%%")
+    p.add_argument("--confidence", type=_fraction, default=None, metavar="G",
+                   help=f"calibrate: the confidence that the false-alarm rate is at most A (default {DEFAULT_CONFIDENCE:g})")
+    p.add_argument("--calib-path", default=None, metavar="FOLDER",
+                   help="calibrate: good images training never saw (default: the layout's validation/good "
+                        "with -d, else the images -c train --holdout left out)")
+    p.add_argument("--holdout", type=int, default=None, metavar="K",
+                   help="train: leave K good training images out of training (evenly spaced, recorded in the "
+                        "meta) for -c calibrate")
     p.add_argument("--demo-path", default="./demo_data", help="demo: where the built-in data is cached")
     p.add_argument("--amp", choices=AMP_CHOICES, default="off",
                    help="mixed precision for the network (bf16 uses the CPU's bf16 units where present)")
@@ -142,13 +182,16 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f"-c {args.choice} needs -d/--data-path")
     if args.choice == "predict" and not args.input:
         parser.error("-c predict needs --input (an image, a folder or a glob)")
-    if args.img_size % 32:
-        parser.error(f"--img-size must be a multiple of 32 (Perlin noise scales), got {args.img_size}")
+    if args.img_size < 32 or args.img_size % 32:
+        parser.error(f"--img-size must be a positive multiple of 32 (Perlin noise scales), got {args.img_size}")
     if has_depth(args.mode) and args.dataset != "mvtec3d":
         parser.error(f"--mode {args.mode} needs depth: use it with -ds mvtec3d")
-    for flag in ("epoch_num", "bs", "diffusion_num_steps", "eval_kernel_size", "eval_bs", "save_every"):
+    if args.diffusion_num_steps < 3:
+        # the reverse process runs T - 2 steps: T < 3 leaves none (and a traceback after start-up)
+        parser.error(f"--diffusion-num-steps must be at least 3, got {args.diffusion_num_steps}")
+    for flag in ("epoch_num", "bs", "eval_kernel_size", "eval_bs", "save_every"):
         if getattr(args, flag) < 1:
-            parser.error(f"--{flag.replace('_', '-')} must be at least 1")
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     top = args.diffusion_num_steps - 2
     if args.eval_steps is not None and not 1 <= args.eval_steps <= top:
         parser.error(f"--eval-steps must be in 1..{top} (T - 2 with --diffusion-num-steps "
@@ -159,3 +202,78 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f"--preview-synthesis must be at least 1, got {args.preview_synthesis}")
     if args.preview_synthesis is not None and args.choice != "train":
         parser.error("--preview-synthesis goes with -c train")
+    _check_ranges(parser, args)
+    _check_network(parser, args)
+    _check_ownership(parser, args)
+    _check_calibration(parser, args)
+
+
+def _check_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Values that parse but make no sense: each would fail later, after the run folder exists,
+    or silently change what -c test writes (e.g. --eval-w 2)."""
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        parser.error(f"--lr must be a finite number > 0, got {args.lr}")
+    if not (math.isfinite(args.gamma) and 0 < args.gamma <= 1):
+        parser.error(f"--gamma (StepLR factor) must be in (0, 1], got {args.gamma}")
+    if not 0 <= args.eval_w <= 1:
+        parser.error(f"--eval-w (weight of the discriminative map) must be in [0, 1], got {args.eval_w}")
+    if args.threshold is not None and not math.isfinite(args.threshold):
+        parser.error(f"--threshold must be a finite number, got {args.threshold}")
+    for flag, least in (("step_size", 1), ("keep_last", 1), ("workers", 0), ("eval_epoch_num", 0),
+                        ("seed", 0), ("unet_n_blocks", 1)):
+        if getattr(args, flag) < least:
+            parser.error(f"--{flag.replace('_', '-')} must be at least {least}, got {getattr(args, flag)}")
+    if args.unet_channel_num is not None and args.unet_channel_num < 1:
+        parser.error(f"--unet-channel-num must be at least 1, got {args.unet_channel_num}")
+
+
+def _check_network(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The --unet-* lists give one value per level (the length of --unet-ch-mults); a network that
+    training builds from the flags must exist (test/predict read theirs from the checkpoint)."""
+    levels = len(args.unet_ch_mults)
+    if levels < 1 or any(m < 1 for m in args.unet_ch_mults):
+        parser.error(f"--unet-ch-mults needs one multiplier >= 1 per level, got {args.unet_ch_mults}")
+    for flag in ("unet_attn", "unet_group_conv"):
+        values = getattr(args, flag)
+        if len(values) != levels:
+            parser.error(f"--{flag.replace('_', '-')} needs one value per level ({levels}, the length of "
+                         f"--unet-ch-mults), got {len(values)}: {' '.join('T' if v else 'F' for v in values)}")
+    if args.choice in ("train", "demo"):
+        try:
+            unet_config(args)
+        except TransFusionError as exc:
+            parser.error(str(exc))
+
+
+def _check_ownership(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--resume continues a category's training, --overwrite starts it again: not both."""
+    if args.resume and args.overwrite:
+        parser.error("--resume continues the trained weights and --overwrite replaces them: give one of the two")
+    if args.overwrite and args.choice not in ("train", "demo"):
+        parser.error(f"--overwrite goes with -c train (or -c demo), not -c {args.choice}")
+
+
+def _check_calibration(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """-c calibrate's flags and -c train --holdout: present where needed, in range, nowhere else."""
+    if args.choice == "calibrate":
+        if not args.run_name:
+            parser.error("-c calibrate needs -r/--run-name")
+        if args.target_fpr is None:
+            parser.error("-c calibrate needs --target-fpr A, the false-alarm rate to stay under (e.g. 0.01 or 1%)")
+        if args.confidence is None:
+            args.confidence = DEFAULT_CONFIDENCE
+    else:
+        for flag in ("target_fpr", "confidence", "calib_path"):
+            if getattr(args, flag) is not None:
+                parser.error(f"--{flag.replace('_', '-')} goes with -c calibrate")
+    for flag in ("target_fpr", "confidence"):
+        value = getattr(args, flag)
+        if value is not None and not (math.isfinite(value) and 0 < value < 1):
+            parser.error(f"--{flag.replace('_', '-')} must lie strictly between 0 and 1 (e.g. 0.05 or 5%), "
+                         f"got {value:g}")
+    if args.holdout is not None:
+        if args.choice != "train":
+            parser.error("--holdout goes with -c train")
+        if args.holdout < 1:
+            parser.error(f"--holdout must be at least 1 (the number of good training images to leave out), "
+                         f"got {args.holdout}")

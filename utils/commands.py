@@ -28,6 +28,12 @@ def run_predict(args: argparse.Namespace) -> Any:
     return predict(args, pick_device(args.device))
 
 
+def run_calibrate(args: argparse.Namespace) -> Any:
+    from utils.calibration import run_calibrate as calibrate
+
+    return calibrate(args)
+
+
 def run_demo(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """The demo recipe (utils/demo.py): its data, then training and testing as -c train and
     -c test do them, then its figure and summary."""
@@ -39,9 +45,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     started = time.perf_counter()
     device = pick_device(args.device)
     categories, paths = demo.prepare(args)
-    outcomes = train(args, categories)
-    if any(o.interrupted for o in outcomes.values()):
-        return {}
+    train(args, categories)  # Ctrl-C raises Interrupted after saving: no test of a half-trained model
     rows = test_categories(args, categories, paths, device)
     demo.report(rows, paths, categories, started, device)
     return rows
@@ -49,5 +53,5 @@ def run_demo(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 # The commands of -c, in the order --help lists them.
 COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
-    "train": run_train, "test": run_test, "demo": run_demo, "predict": run_predict,
+    "train": run_train, "test": run_test, "demo": run_demo, "predict": run_predict, "calibrate": run_calibrate,
 }

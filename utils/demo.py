@@ -48,17 +48,18 @@ DEMO_DATA = dict(image_size=128, n_train=48, n_test_good=12, n_test_per_defect=4
 
 
 def prepare(args: argparse.Namespace) -> tuple[list[str], RunPaths]:
-    """Build (or reuse) the demo data and clear old training states of a fresh demo run."""
+    """Build (or reuse) the demo data; a fresh demo replaces the previous one as ``--overwrite``
+    does (its run folder is the demo's own), unless ``--resume`` asks to continue it."""
     categories = list(DEMO_CATEGORIES) if args.category == "all" else [args.category]
     root = build_demo_dataset(Path(args.data_path), categories=categories, **DEMO_DATA)
     preview = write_preview(root, root / "preview.png")
     print(f"demo data: {root.resolve()} (MVTec AD layout; overview {preview})")
     paths = RunPaths(args.log_path, args.run_name)
-    if not args.resume and paths.root.exists():
-        # a fresh demo each time, unless asked to continue: old states would be resumed otherwise
-        for cat in categories:
-            for p in paths.train_states(cat):
-                p.unlink()
+    if not args.resume:
+        args.overwrite = True
+        if any(paths.has_weights(c) or paths.train_states(c) for c in categories):
+            print(f"demo: {paths.root} holds a previous demo; the demo overwrites its own run as --overwrite "
+                  f"does: the old files move to {paths.root}/replaced-<time>/ (--resume continues it instead)")
     return categories, paths
 
 

@@ -21,3 +21,13 @@ class TransFusionError(Exception):
             if at >= 0:
                 args = (text[text.index(marker, at) + len(marker):],)
         super().__init__(*args)
+
+
+class Interrupted(Exception):
+    """Ctrl-C stopped a run after it saved what it had (a checkpoint to --resume from).
+
+    Not a `TransFusionError`: nothing was wrong with the input. `Experiment.py` prints the
+    message once, as one line, and exits with status 130 (128 + SIGINT), so that
+    ``train && test`` does not go on to test a half-trained model. An empty message prints
+    nothing (the other ranks of a torchrun run, whose rank 0 says it).
+    """

@@ -105,11 +105,11 @@ def _gather(dist: Dist, shard: list[int], got: dict[str, list], dataset: Dataset
 def _add_metrics(out: EvalOutput) -> None:
     out.metrics = compute_metrics(out.scores, out.labels)  # image-level part
     if out.masks.any() and (~out.masks).any():
-        pixel = pixel_metrics(out.maps, out.masks)  # one sort for pixel AUROC, AUPRO and the curve
-        out.metrics.update(pixel_auroc=pixel["pixel_auroc"], aupro=pixel["aupro"])
+        pixel = pixel_metrics(out.maps, out.masks)  # one sort for pixel AUROC, AUPRO, pixel AP and the curve
+        out.metrics.update(pixel_auroc=pixel["pixel_auroc"], aupro=pixel["aupro"], pixel_ap=pixel["pixel_ap"])
         out.pro_curve = pixel["pro_curve"]
     else:
-        out.metrics.update(pixel_auroc=None, aupro=None)
+        out.metrics.update(pixel_auroc=None, aupro=None, pixel_ap=None)
 
 
 def evaluate(net: torch.nn.Module, process: TransparencyProcess, dataset: Dataset, device: torch.device,

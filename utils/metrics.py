@@ -1,7 +1,7 @@
 """Exact anomaly-detection metrics (SPEC section 7), numpy in / numpy out.
 
 Image level: AUROC, average precision, F1-max and the ROC curve.
-Pixel level: pixel AUROC and AUPRO up to a false-positive rate of 0.3.
+Pixel level: pixel AUROC, pixel average precision and AUPRO up to a false-positive rate of 0.3.
 
 Every metric is exact: the curves use every distinct score as a threshold
 (a sample is called anomalous when its score is >= the threshold), and tied
@@ -24,6 +24,10 @@ N_n normal pixels, and "#n < a" = number of normal pixels with value < a):
   gives sum_a w_a * (#n < a + #n <= a) / 2 / N_n over the normal pixels that
   lie fully inside [0, max_fpr]. The one tie group that straddles max_fpr is
   handled on its own with linear interpolation.
+* pixel AP = sum over distinct values v of anomalous pixels of (#a == v / N_a) *
+  precision(>= v) (scikit-learn's average_precision_score, no interpolation), which is
+  the mean over anomalous pixels a of (#a >= a) / (#all >= a): tied pixels share one
+  precision, so each distinct value is weighted by how many anomalous pixels hold it.
 """
 from __future__ import annotations
 
@@ -241,13 +245,22 @@ class _PixelRanks:
                 hi = mid - 1
         return self.all_sorted[lo:lo + 1]
 
-    def rank_sums(self, base: int) -> tuple[int, float]:
-        """Over anomalous pixels a: sum of (#normals < a) + (#normals <= a), and the PRO area
-        of the normal pixels above ``base`` (those fully inside the integration range)."""
-        rank_sum, area = 0, 0.0
+    def rank_sums(self, base: int) -> tuple[int, float, float]:
+        """Over anomalous pixels a: sum of (#normals < a) + (#normals <= a), the PRO area of the
+        normal pixels above ``base`` (those fully inside the integration range), and the
+        average precision (mean over a of the precision at threshold a, see pixel_metrics)."""
+        rank_sum, area, precision_sum = 0, 0.0, 0.0
         for start in range(0, self.n_anom, _CHUNK):
             a = self.a_sorted[start:start + _CHUNK]  # ascending: the searches walk forward
-            n_lt = self.normals_below(a, "left")
+            n_lt = np.searchsorted(self.all_sorted, a, side="left").astype(np.int64, copy=False)
+            anom_lt = np.searchsorted(self.a_sorted, a, side="left")
+            # precision at threshold a: anomalous >= a over all >= a (both >= 1: a itself)
+            precision = np.subtract(self.n_anom, anom_lt, dtype=np.float64)
+            precision /= self.n_total - n_lt
+            precision_sum += float(precision.sum())
+            del precision
+            n_lt -= anom_lt  # all < a minus anomalous < a: the normals below a, as normals_below
+            del anom_lt
             n_le = self.normals_below(a, "right")
             rank_sum += int(n_lt.sum()) + int(n_le.sum())
             # Normal pixels above u_star and below (or at) a: each contributes w_a / 2 for
@@ -258,7 +271,7 @@ class _PixelRanks:
             np.maximum(n_le, 0, out=n_le)
             n_lt += n_le
             area += float(np.dot(self.w_sorted[start:start + _CHUNK], n_lt))
-        return rank_sum, area / (2.0 * self.n_norm)
+        return rank_sum, area / (2.0 * self.n_norm), precision_sum / self.n_anom
 
     def make_pro(self) -> None:
         """prefix[j] = weight of a_sorted[:j]; the PRO at a threshold whose insertion point into
@@ -305,9 +318,9 @@ def pixel_metrics(
     max_fpr: float = 0.3,
     curve_points: int | None = 2000,
 ) -> dict[str, Any]:
-    """Pixel AUROC, AUPRO up to `max_fpr` (normalised) and the PRO curve, from one sort.
+    """Pixel AUROC, pixel AP, AUPRO up to `max_fpr` (normalised) and the PRO curve, from one sort.
 
-    Returns dict(pixel_auroc, aupro, pro_curve) where pro_curve = (fpr, pro)
+    Returns dict(pixel_auroc, pixel_ap, aupro, pro_curve) where pro_curve = (fpr, pro)
     float64 arrays from (0, 0) to FPR = max_fpr. Every returned point lies
     exactly on the PRO curve; with curve_points=None all vertices are returned
     (the trapezoid over them equals aupro * max_fpr), otherwise the thresholds
@@ -320,11 +333,11 @@ def pixel_metrics(
     maps, masks = _check_maps_masks(maps, masks)
     r = _PixelRanks(maps, masks)
     if r.n_anom == 0 or r.n_norm == 0:
-        return {"pixel_auroc": None, "aupro": None, "pro_curve": None}
+        return {"pixel_auroc": None, "pixel_ap": None, "aupro": None, "pro_curve": None}
     u_star = r.crossing_group(max_fpr)
     # Normal pixels <= u_star are outside the fully included range.
     base = 0 if u_star is None else int(r.normals_below(u_star, "right")[0])
-    rank_sum, area = r.rank_sums(base)
+    rank_sum, area, pixel_ap = r.rank_sums(base)
     pixel_auroc = rank_sum / (2.0 * r.n_anom * r.n_norm)
     r.make_pro()
     pro_at_max = 0.0
@@ -338,7 +351,7 @@ def pixel_metrics(
         area += width * (pro_gt + pro_at_max) / 2.0
     aupro = area / max_fpr
     curve = None if curve_points == 0 else _pro_curve(r, u_star, max_fpr, pro_at_max, curve_points)
-    return {"pixel_auroc": pixel_auroc, "aupro": aupro, "pro_curve": curve}
+    return {"pixel_auroc": pixel_auroc, "pixel_ap": pixel_ap, "aupro": aupro, "pro_curve": curve}
 
 
 def pixel_auroc(maps: Any, masks: Any) -> float | None:
@@ -365,7 +378,7 @@ def compute_metrics(
     """All reported metrics of one category; None where a metric is undefined.
 
     Keys: image_auroc, image_ap, image_f1_max, image_f1_threshold, pixel_auroc,
-    aupro. Pixel metrics are None when maps or masks are not given.
+    aupro, pixel_ap. Pixel metrics are None when maps or masks are not given.
     """
     f1 = f1_max(scores, labels)
     result: dict[str, float | None] = {
@@ -375,9 +388,10 @@ def compute_metrics(
         "image_f1_threshold": None if f1 is None else f1[1],
         "pixel_auroc": None,
         "aupro": None,
+        "pixel_ap": None,
     }
     if maps is not None and masks is not None:
         pixel = pixel_metrics(maps, masks, max_fpr=max_fpr, curve_points=0)
-        result["pixel_auroc"] = pixel["pixel_auroc"]
-        result["aupro"] = pixel["aupro"]
+        for key in ("pixel_auroc", "aupro", "pixel_ap"):
+            result[key] = pixel[key]
     return result

@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from data.discovery import find_test_samples, find_train_images, resolve_categories
+from data.discovery import find_test_samples, find_train_images, resolve_categories, scan_category
 from models.unet import TransFusionUNet
 from utils.errors import TransFusionError
 from utils.config import unet_config
-from utils.runs import RunPaths
+from utils.runs import RunPaths, start_refusal
 
 GIB = 1024 ** 3
 
@@ -119,6 +119,13 @@ def dry_run(args: argparse.Namespace, device: torch.device) -> None:
             print(f"[{cat}] warning: {mismatched} mask(s) differ in size from their image (they will be resized)")
         n_bad = sum(s.label for s in tests)
         print(f"[{cat}] {len(train)} training images, {len(tests)} test images ({n_bad} anomalous): readable")
+        scan = scan_category(args.dataset, args.data_path, cat)
+        if scan.skipped:
+            print(scan.line())
+    refusal = start_refusal(RunPaths(args.log_path, args.run_name), categories, args.resume, args.overwrite)
+    if refusal:
+        problems += 1
+        print(f"warning: -c train would refuse to start: {refusal}")
     if args.dtd_path:
         from data.textures import TextureSource
 

@@ -10,16 +10,22 @@ Layout of ``<log-path>/<run-name>/``::
     tensorboard/<category>/          TensorBoard logs
     results/<category>/              per-image CSV, summary JSON, curves, pictures
     output.csv                       one row per evaluated category (appended)
+    models/<category>.train.lock     held by the -c train of that category (pid, host, start)
+    results/<category>.lock          held by a -c test while it writes that category's results
+    replaced-<time>/<category>/      what --overwrite moved aside (weights, meta, states, results)
 
 Every file is written atomically (temporary file + rename).
 """
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, ContextManager
 
 import torch
 
@@ -29,6 +35,7 @@ from models.runtime import RuntimeOptions
 from models.unet import TransFusionUNet, UNetConfig
 from utils.atomic import atomic_write_json
 from utils.errors import TransFusionError
+from utils.locks import held
 
 
 class RunPaths:
@@ -66,12 +73,31 @@ class RunPaths:
     def results(self, category: str) -> Path:
         return self.root / "results" / category
 
+    def calibration(self, category: str) -> Path:
+        """-c calibrate's scores and record (the threshold itself goes into the meta)."""
+        return self.root / "calibration" / category
+
     @property
     def output_csv(self) -> Path:
         return self.root / "output.csv"
 
     def fg_mask_cache(self, category: str) -> Path:
         return self.root / "fg_masks" / category
+
+    def train_lock(self, category: str) -> Path:
+        """Held by the one -c train that trains ``category`` in this run (utils/locks.py)."""
+        return self.models / f"{category}.train.lock"
+
+    def results_lock(self, category: str) -> Path:
+        """Held while a -c test writes ``category``'s results (a training does not take it)."""
+        return self.root / "results" / f"{category}.lock"
+
+    def has_weights(self, category: str) -> bool:
+        return self.weights(category).exists()
+
+    def replaced(self, stamp: str) -> Path:
+        """Where --overwrite moves what it replaces: ``replaced-<stamp>/<category>/``."""
+        return self.root / f"replaced-{stamp}"
 
 
 def save_weights(paths: RunPaths, category: str, net: torch.nn.Module, meta: dict[str, Any]) -> None:
@@ -108,6 +134,101 @@ def build_meta(cfg: UNetConfig, args: Any, epoch: int, depth_norm: tuple[float, 
     }
 
 
+def trained_here(paths: RunPaths, category: str) -> bool:
+    """Whether this run trained ``category`` itself: training states, or a meta written by training
+    (released weights have no meta; -c test only adds its threshold to one)."""
+    if paths.train_states(category):
+        return True
+    try:
+        return "unet" in read_meta(paths, category)
+    except TransFusionError:
+        return False
+
+
+def _own_weights_hint(paths: RunPaths, category: str) -> str | None:
+    """What to do about damaged weights that this run trained (None: not its own)."""
+    again = f"-c train -r {paths.root.name} --category {category}"
+    if paths.train_states(category):
+        # the newest training state holds the same weights
+        return f"this run has training states: {again} --resume rewrites the weights from the newest one"
+    if trained_here(paths, category):
+        return (f"this run trained it but keeps no training state to rebuild it from: train it again with "
+                f"{again} --overwrite (the damaged file moves to {paths.root}/replaced-<time>/)")
+    return None
+
+
+def start_refusal(paths: RunPaths, categories: list[str], resume: bool, overwrite: bool) -> str | None:
+    """Why a -c train must not start on these categories' existing files, or None: trained
+    weights (or training states) are only continued (``resume``) or replaced (``overwrite``),
+    and --resume needs a training state. Every category is looked at before anything starts,
+    so one message names them all."""
+    trained = [c for c in categories if paths.has_weights(c) or paths.train_states(c)]
+    if resume:
+        stateless = [c for c in trained if not paths.train_states(c)]
+        if not stateless:
+            return None
+        return (f"--resume: {', '.join(stateless)} in {paths.models} {'has' if len(stateless) == 1 else 'have'} "
+                f"weights but no training state to continue from (released weights, or the states were removed); "
+                f"start again with --overwrite (the weights move to {paths.root}/replaced-<time>/) or test them "
+                f"with -c test")
+    if not trained or overwrite:
+        return None
+    return (f"run {paths.root} already has trained weights for {', '.join(trained)} "
+            f"({paths.weights(trained[0])}{', ...' if len(trained) > 1 else ''}); add --resume to continue "
+            f"training {'it' if len(trained) == 1 else 'them'}, or --overwrite to start again (the old files move "
+            f"to {paths.root}/replaced-<time>/, nothing is deleted)")
+
+
+# How long a -c test waits for another one writing the same category's results (seconds):
+# writing takes seconds, panels with --visualize minutes at most.
+RESULTS_WAIT_S = 900.0
+
+
+def results_lock(paths: RunPaths, category: str, purpose: str, take: bool = True) -> ContextManager[Any]:
+    """Held while writing ``category``'s results, so two -c test never write them at once (the
+    second waits for the first); a training's lock is another file, so tests run beside it.
+    ``take=False`` (the ranks that do not write) holds nothing."""
+    if not take:
+        return nullcontext()
+    return held(paths.results_lock(category), purpose, wait_s=RESULTS_WAIT_S)
+
+
+def replaced_stamp(paths: RunPaths) -> str:
+    """A new ``replaced-<stamp>`` folder name for this run: the local time, made unique."""
+    base = time.strftime("%Y%m%d-%H%M%S")
+    stamp, n = base, 1
+    while paths.replaced(stamp).exists():
+        n += 1
+        stamp = f"{base}-{n}"
+    return stamp
+
+
+def move_aside(paths: RunPaths, category: str, stamp: str) -> list[Path]:
+    """``--overwrite``: move the category's weights, meta, training states, results, TensorBoard
+    logs and calibration to ``replaced-<stamp>/<category>/`` (nothing is deleted); returns what
+    was moved.
+
+    Everything moves under the category's results lock, so the results of a -c test that is
+    writing them are never pulled away (this refuses instead, before anything has moved)."""
+    dest = paths.replaced(stamp) / category
+    files = [p for p in (paths.weights(category), paths.meta(category), *paths.train_states(category))
+             if p.exists()]
+    results = paths.results(category)
+    folders = [(p, name) for p, name in ((paths.tensorboard(category), "tensorboard"), (results, "results"),
+                                         (paths.calibration(category), "calibration")) if p.exists()]
+    moved = files + [p for p, _ in folders]
+    if not moved:
+        return []
+    # the results lock first: a running -c test makes this refuse before anything has moved
+    with held(paths.results_lock(category), "-c train --overwrite") if results.exists() else nullcontext():
+        dest.mkdir(parents=True, exist_ok=True)
+        for p in files:
+            os.replace(p, dest / p.name)
+        for p, name in folders:
+            os.replace(p, dest / name)
+    return moved
+
+
 def check_arch_matches(cfg: UNetConfig, mode: str, base_width: int | None, path: Path) -> None:
     """Refuse a checkpoint whose mode or width disagrees with --mode / --unet-channel-num.
 
@@ -132,10 +253,9 @@ def load_network(paths: RunPaths, category: str, mode: str, base_width: int | No
     try:
         net = load_network_file(path)
     except CheckpointError as exc:
-        if paths.train_states(category) and path.exists():
-            # the run's own weights: its newest training state holds them too
-            raise exc.with_hint(f"this run has training states: continue with -c train -r {paths.root.name} "
-                                f"--category {category} --resume, which rewrites the weights") from None
+        own = _own_weights_hint(paths, category)
+        if own and path.exists():
+            raise exc.with_hint(own) from None
         raise
     check_arch_matches(net.cfg, mode, base_width, path)
     return runtime.place(net, device).eval(), read_meta(paths, category)

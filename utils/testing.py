@@ -8,16 +8,19 @@ from typing import Any
 import torch
 
 from data.datasets import TestDataset, TrainDataset
-from data.discovery import find_test_samples, resolve_categories
+from data.discovery import find_test_samples, resolve_categories, scan_category
 from models.modes import has_depth
 from models.transparency import TransparencyProcess
 from utils.config import runtime_options, scoring_options
 from utils.distributed import SINGLE, Dist, init_distributed, shutdown
 from utils.errors import TransFusionError
 from utils.evaluation import EvalOutput, EvalSettings, evaluate
-from utils.reporting import (append_output_csv, avg_line, fmt_pct, heat_map_range, markdown_table, write_panels,
-                             write_results)
-from utils.runs import RunPaths, load_network, update_meta
+from utils.published_figures import published_figures, published_table, settings_differences
+from utils.reporting import (Comparison, append_output_csv, avg_line, compare, fmt_pct, heat_map_range,
+                             markdown_table, write_panels, write_results)
+from utils.result_report import page_facts, threshold_lines, write_run_index, write_test_report
+from utils.runs import RunPaths, load_network, results_lock, update_meta
+from utils.thresholds import Threshold, calibrated_threshold, schedule_note
 
 
 def checked_process(num_steps: int, mode: str, eval_steps: int | None, meta_path: Path) -> TransparencyProcess:
@@ -46,21 +49,71 @@ def _test_set(args: argparse.Namespace, category: str, mode: str, meta: dict[str
     return TestDataset(args.dataset, args.data_path, category, mode, args.img_size, depth_norm=depth_norm)
 
 
-def _record(args: argparse.Namespace, category: str, paths: RunPaths, meta: dict[str, Any], out: EvalOutput) -> None:
-    """Rank 0: result files, the stored threshold and heat-map scale, the output.csv row."""
+def _thresholds(args: argparse.Namespace, category: str, paths: RunPaths, meta: dict[str, Any],
+                out: EvalOutput) -> tuple[Threshold | None, list[Threshold], list[str]]:
+    """The threshold that decides (the calibrated one if the run has it, else this test's F1-max, as
+    -c predict would choose), every candidate, and notes about them."""
+    schedule = scoring_options(args).schedule()
+    f1 = None if out.metrics.get("image_f1_threshold") is None else Threshold(
+        float(out.metrics["image_f1_threshold"]), "F1-max", False,
+        f"F1-max on this test set, stored in {paths.meta(category)}", schedule)
+    calibrated = calibrated_threshold(meta, paths.meta(category))
+    in_use = calibrated or f1
+    notes = [n for n in [schedule_note(in_use, schedule) if in_use else None] if n]
+    return in_use, [t for t in (calibrated, f1) if t is not None], notes
+
+
+def _published(args: argparse.Namespace, category: str, mode: str,
+               out: EvalOutput) -> tuple[Comparison | None, str | None, list[str]]:
+    """The released run's figures beside ours where dataset, mode and category match, their source,
+    and a note when this test scores differently from the way they were made."""
+    comparison = compare(out.metrics, published_figures(args.dataset, mode, category))
+    if comparison is None:
+        return None, None, []
+    differ = settings_differences(args.dataset, args.eval_w, args.eval_kernel_size, scoring_options(args).schedule())
+    notes = [f"note: the published figures were made with the original scoring; this test differs: "
+             f"{', '.join(differ)}"] if differ else []
+    return comparison, published_table(args.dataset).source, notes  # type: ignore[union-attr]
+
+
+def _record(args: argparse.Namespace, category: str, paths: RunPaths, meta: dict[str, Any], out: EvalOutput,
+            test_set: TestDataset, mode: str) -> None:
+    """Rank 0: result files (decisions, published figures and Δ), the stored threshold and heat-map
+    scale, the output.csv row, the category's report.html and the run's index.html."""
     results = paths.results(category)
-    write_results(out, results, {
-        "run": args.run_name, "category": category, "checkpoint": str(paths.weights(category)),
-        "epoch": meta.get("epoch"), "fg_masks": meta.get("fg_masks"), "schedule": scoring_options(args).schedule(),
+    in_use, candidates, notes = _thresholds(args, category, paths, meta, out)
+    decisions = [in_use.decide(float(s)) for s in out.scores] if in_use else None
+    comparison, source, published_notes = _published(args, category, mode, out)
+    notes += published_notes
+    summary = {
+        "run": args.run_name, "category": category, "dataset": args.dataset, "mode": mode,
+        "checkpoint": str(paths.weights(category)), "epoch": meta.get("epoch"), "fg_masks": meta.get("fg_masks"),
+        "schedule": scoring_options(args).schedule(),
+        "published": comparison.published if comparison else None, "delta": comparison.delta if comparison else None,
+        "published_source": source, "decision_threshold": in_use.as_dict() if in_use else None,
+        "thresholds": [t.as_dict() for t in candidates],
+        "n_mistakes": None if decisions is None else int(sum((d == "defect") != bool(y)
+                                                             for d, y in zip(decisions, out.labels))),
         "config": {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, type(None)))},
-    })
+    }
+    write_results(out, results, summary, decisions)
+    map_range = heat_map_range(out.maps)
     if out.metrics.get("image_f1_threshold") is not None:
         # a threshold is only valid for the step schedule that made the scores
         update_meta(paths, category, f1_threshold=out.metrics["image_f1_threshold"],
-                    f1_schedule=scoring_options(args).schedule(), map_range=list(heat_map_range(out.maps)))
-    append_output_csv(paths.output_csv, args.run_name, category, meta.get("epoch", "released"), out.metrics)
+                    f1_schedule=scoring_options(args).schedule(), map_range=list(map_range))
+    append_output_csv(paths.output_csv, args.run_name, category, meta.get("epoch", "released"), out.metrics,
+                      comparison)
+    for note in notes:
+        print(f"[{category}] {note}")
+    summary.update(n_images=len(out.scores), n_anomalous=int(out.labels.sum()))
+    report = write_test_report(results, f"{args.run_name} / {category}", out, test_set, mode,
+                               page_facts(args.run_name, category, summary),
+                               threshold_lines(candidates, in_use, out.scores, out.labels), decisions, comparison,
+                               source, map_range, notes, progress=not args.quiet)
+    write_run_index(results.parent, args.run_name)
     print(f"[{category}] image AUROC {fmt_pct(out.metrics['image_auroc'])}, AUPRO {fmt_pct(out.metrics['aupro'])}, "
-          f"{out.seconds / max(1, len(out.scores)):.2f} s/image; results in {results}")
+          f"{out.seconds / max(1, len(out.scores)):.2f} s/image; results in {results} (open {report})")
 
 
 def test_categories(args: argparse.Namespace, categories: list[str], paths: RunPaths,
@@ -75,15 +128,18 @@ def test_categories(args: argparse.Namespace, categories: list[str], paths: RunP
         if dist.is_main and meta.get("img_size") and meta["img_size"] != args.img_size:
             print(f"[{cat}] note: trained at {meta['img_size']} px, testing at --img-size {args.img_size}")
         test_set = _test_set(args, cat, mode, meta)
+        if dist.is_main:
+            print(scan_category(args.dataset, args.data_path, cat, train=False).line())
         process = checked_process(meta.get("diffusion_num_steps", args.diffusion_num_steps), mode,
                                   args.eval_steps, paths.meta(cat))
         out = evaluate(runtime.callable(net), process, test_set, device, eval_settings(args), dist=dist,
                        progress=not args.quiet and dist.is_main, desc=f"[{cat}] test", keep_pictures=args.visualize)
-        if args.visualize:
-            write_panels(paths.results(cat) / "visualizations", out, mode)
-        rows[cat] = out.metrics
-        if dist.is_main:
-            _record(args, cat, paths, meta, out)
+        with results_lock(paths, cat, f"-c test -r {args.run_name} --category {cat}", take=dist.is_main):
+            if args.visualize:
+                write_panels(paths.results(cat) / "visualizations", out, mode)
+            rows[cat] = out.metrics
+            if dist.is_main:
+                _record(args, cat, paths, meta, out, test_set, mode)
     return rows
 
 
@@ -99,7 +155,7 @@ def run_test(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         rows = test_categories(args, categories, paths, device, dist)
         if dist.is_main:
             print()
-            print(markdown_table(rows))
+            print(markdown_table(rows, {c: published_figures(args.dataset, args.mode, c) for c in rows}))
             print(avg_line(rows))
         return rows
     finally:

@@ -8,28 +8,32 @@ resumed run continues the very sequence an uninterrupted one would have followed
 from __future__ import annotations
 
 import signal
+import sys
 import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from data.datasets import TestDataset
-from data.discovery import find_test_samples
+from data.discovery import find_test_samples, scan_category
+from models.checkpoint import CheckpointError, load_state_dict_file, save_released
 from models.losses import LossTerms, transfusion_loss
 from models.modes import has_rgb
 from models.transparency import make_training_input
 from models.unet import TransFusionUNet
 from utils.config import runtime_options, scoring_options, unet_config
-from utils.distributed import SINGLE, Dist, any_rank, sync_buffers
-from utils.errors import TransFusionError
+from utils.distributed import SINGLE, Dist, any_rank, barrier, gather_objects, sync_buffers
+from utils.errors import Interrupted, TransFusionError
 from utils.evaluation import EvalSettings, evaluate
+from utils.locks import held
 from utils.reporting import fmt_pct
-from utils.runs import RunPaths, build_meta
+from utils.runs import RunPaths, build_meta, move_aside, replaced_stamp, start_refusal
 from utils.train_state import TrainState
-from utils.training_setup import TrainingData, fg_mask_record, training_data
+from utils.training_setup import TrainingData, check_same_holdout, fg_mask_record, training_data
 
 MAX_BAD_STEPS = 5  # consecutive non-finite losses before the run stops
 
@@ -45,10 +49,14 @@ class TrainOutcome:
 
 
 class _StopFlag:
-    """Turns the first Ctrl-C into a request to checkpoint and stop at the next step boundary."""
+    """Turns the first Ctrl-C into a request to checkpoint and stop at the next step boundary.
 
-    def __init__(self) -> None:
+    It acknowledges the key at once (a step can take a minute on a CPU, and a second Ctrl-C
+    aborts without saving); what was saved is said once, when the run ends (exit status 130)."""
+
+    def __init__(self, announce: bool = True) -> None:
         self.requested = False
+        self.announce = announce
         self._previous = None
 
     def __enter__(self) -> "_StopFlag":
@@ -56,7 +64,9 @@ class _StopFlag:
             if self.requested:  # second Ctrl-C: give up immediately
                 raise KeyboardInterrupt
             self.requested = True
-            print("\nCtrl-C: saving a checkpoint at the end of this step (press again to abort)")
+            if self.announce:
+                print("\nCtrl-C: stopping after this step to save a checkpoint (press Ctrl-C again to abort "
+                      "without saving)", file=sys.stderr)
 
         try:
             self._previous = signal.signal(signal.SIGINT, handler)
@@ -104,6 +114,8 @@ class _CategoryTrainer:
         self.log = print if dist.is_main else (lambda *a, **k: None)
         self.runtime = runtime_options(args)
         cfg = unet_config(args)
+        if dist.is_main:
+            print(scan_category(args.dataset, args.data_path, category).line())
         self.data: TrainingData = training_data(args, category, paths, dist)
         self.test_set = None
         if args.eval_epoch_num > 0 and find_test_samples(args.dataset, args.data_path, category):
@@ -118,16 +130,44 @@ class _CategoryTrainer:
                                 self.runtime.grad_scaler(device), torch.Generator().manual_seed(args.seed + dist.rank))
         self.meta = build_meta(cfg, args, 0, self.data.depth_norm)
         self.meta["fg_masks"] = fg_mask_record(args, self.data.fg)
+        if self.data.holdout:
+            self.meta["holdout"] = self.data.holdout
+        if args.resume:
+            check_same_holdout(paths, category, self.data.holdout)
         self.bad_in_a_row = 0
         self.last_metrics: dict[str, Any] | None = None
         self.writer: SummaryWriter | None = None
 
     def resume(self) -> None:
-        if self.state.resume(self.paths, self.category, self.dist, self.log):
+        cat, paths = self.category, self.paths
+        if self.state.resume(paths, cat, self.dist, self.log):
             s = self.state
-            self.log(f"[{self.category}] resuming at epoch {s.epoch + 1}" + (f", batch {s.batch + 1}" if s.batch else ""))
+            self.log(f"[{cat}] resuming at epoch {s.epoch + 1}" + (f", batch {s.batch + 1}" if s.batch else ""))
+            self._repair_weights()
+        elif paths.has_weights(cat):
+            # starting afresh would replace weights that --resume was asked to continue
+            raise TransFusionError(
+                f"--resume: {paths.weights(cat)} has no readable training state in {paths.models} to continue "
+                f"from (released weights, or the states were removed or are damaged); start again with "
+                f"--overwrite (the weights move to {paths.root}/replaced-<time>/) or test them with -c test")
         else:
-            self.log(f"[{self.category}] --resume: no saved training state in {self.paths.models}, starting afresh")
+            self.log(f"[{cat}] --resume: no saved training state in {paths.models}, starting afresh")
+
+    def _repair_weights(self) -> None:
+        """Rewrite damaged or missing weights from the training state just loaded (rank 0): a run that
+        is already complete would otherwise keep them damaged."""
+        path = self.paths.weights(self.category)
+        if not self.dist.is_main:
+            return
+        if path.exists():
+            try:
+                load_state_dict_file(path)
+                return
+            except CheckpointError:
+                pass
+        save_released(self.state.net, path)
+        self.log(f"[{self.category}] {path} was damaged or missing: rewritten from the training state "
+                 f"(epoch {self.state.epoch}, batch {self.state.batch})")
 
     def _networks(self) -> tuple[torch.nn.Module, torch.nn.Module]:
         """(what the training step calls, what evaluation calls): DDP-wrapped and/or compiled."""
@@ -191,8 +231,7 @@ class _CategoryTrainer:
                 sync_buffers(s.net, self.dist)
                 self.meta.update(epoch=s.epoch)
                 s.save(self.paths, self.category, self.args.keep_last, self.meta, self.dist)
-                self.log(f"[{self.category}] stopped; checkpoint saved. Continue with --resume.")
-                return None
+                return None  # run_train says what was saved, once
         return {k: v / max(1, n_done) for k, v in sums.items()}
 
     def _end_of_epoch(self, losses: dict[str, float], evaluator: torch.nn.Module) -> None:
@@ -239,7 +278,7 @@ class _CategoryTrainer:
         self.writer = SummaryWriter(str(self.paths.tensorboard(self.category))) if self.dist.is_main else None
         t0 = time.perf_counter()
         try:
-            with _StopFlag() as stop:
+            with _StopFlag(announce=self.dist.is_main) as stop:
                 while s.epoch < args.epoch_num:
                     losses = self._epoch(forward, stop)
                     if losses is None:
@@ -261,12 +300,92 @@ def train_category(args: Any, category: str, device: torch.device, paths: RunPat
     return trainer.run()
 
 
+def _agree(dist: Dist, problem: str | None) -> None:
+    """Every rank raises when any rank has a problem (a collective, so none waits at a barrier)."""
+    problems = [p for p in dict.fromkeys(gather_objects(dist, problem)) if p]
+    if problems:
+        raise TransFusionError("; ".join(problems))
+
+
+def _start_up_checks(args: Any, paths: RunPaths) -> None:
+    """Rank 0, before anything is trained: a writable run folder with room, the textures."""
+    from utils.preflight import check_run_folder, checkpoint_bytes, parameter_count
+    from utils.training_setup import texture_source
+
+    check_run_folder(paths, checkpoint_bytes(parameter_count(args), args.keep_last))
+    if has_rgb(args.mode):
+        texture_source(args, announce=True)  # validates --dtd-path now, says what is used
+
+
+@contextmanager
+def _owned(args: Any, paths: RunPaths, categories: list[str], mine: list[str], dist: Dist,
+           own_locks: bool) -> Iterator[None]:
+    """The categories this process trains are its own while it trains them.
+
+    The rank that trains a category holds its ``<run>/models/<category>.train.lock`` (rank 0
+    when all ranks share every category, each rank its own with ``own_locks``); then rank 0
+    refuses to replace trained weights without --resume/--overwrite, and --overwrite moves the
+    old files aside. A refusal on any rank stops every rank."""
+    takes_locks = own_locks or dist.is_main
+    with ExitStack() as locks:
+        problem = None
+        try:
+            if dist.is_main:
+                _start_up_checks(args, paths)
+            if takes_locks:
+                for cat in mine:
+                    locks.enter_context(held(paths.train_lock(cat), f"-c train -r {args.run_name} --category {cat}"))
+        except TransFusionError as exc:
+            problem = str(exc)
+        _agree(dist, problem)
+        # every lock is held now (by this rank or its peers): nobody else can add weights meanwhile
+        _agree(dist, start_refusal(paths, categories, args.resume, args.overwrite) if dist.is_main else None)
+        if args.overwrite:
+            stamp = gather_objects(dist, replaced_stamp(paths) if dist.is_main else None)[0]
+            _agree(dist, _move_aside(paths, mine if takes_locks else [], stamp))
+        barrier(dist)
+        yield
+
+
+def _move_aside(paths: RunPaths, categories: list[str], stamp: str) -> str | None:
+    """--overwrite: each category's old files to ``replaced-<stamp>/``; why not, or None."""
+    try:
+        for cat in categories:
+            if move_aside(paths, cat, stamp):
+                print(f"[{cat}] --overwrite: the previous weights, meta, training states and results "
+                      f"moved to {paths.replaced(stamp) / cat}")
+    except TransFusionError as exc:
+        return str(exc)
+    return None
+
+
+def _train_each(args: Any, categories: list[str], device: torch.device, paths: RunPaths, dist: Dist,
+                per_category: Dist) -> dict[str, TrainOutcome]:
+    """Train the categories in turn; stop at the first one interrupted by Ctrl-C."""
+    speaks = dist.is_main or per_category is SINGLE
+    if speaks:
+        where = f"{device}" + (f", {dist.world_size} processes" if dist.enabled else "")
+        print(f"training {len(categories)} categor{'y' if len(categories) == 1 else 'ies'} on {where}: "
+              f"{', '.join(categories) or '-'}; run folder {paths.root}")
+    outcomes = {}
+    for cat in categories:
+        outcomes[cat] = outcome = train_category(args, cat, device, paths, per_category)
+        if outcome.interrupted:
+            break
+        if speaks:
+            print(f"[{cat}] trained {outcome.epochs_done} epochs in {outcome.seconds / 60:.1f} min; "
+                  f"weights: {paths.weights(cat)}")
+    return outcomes
+
+
 def run_train(args: Any, categories: list[str] | None = None) -> dict[str, TrainOutcome]:
     """``-c train``: every category of ``--category`` (or the given list) in turn; under torchrun
-    all ranks share each category, or with --split-categories each rank trains its own."""
+    all ranks share each category, or with --split-categories each rank trains its own.
+
+    Raises `Interrupted` after Ctrl-C saved a checkpoint (the command line exits with 130)."""
     from data.discovery import resolve_categories
-    from utils.distributed import barrier, init_distributed, shutdown
-    from utils.preflight import check_run_folder, checkpoint_bytes, dry_run, parameter_count
+    from utils.distributed import init_distributed, shutdown
+    from utils.preflight import dry_run
     from utils.training_setup import texture_source
 
     dist, device = init_distributed(args.device)
@@ -286,27 +405,18 @@ def run_train(args: Any, categories: list[str] | None = None) -> dict[str, Train
                     texture_source(args, announce=True)
                 run_preview(args, categories, paths)
             return {}
-        if dist.is_main:
-            check_run_folder(paths, checkpoint_bytes(parameter_count(args), args.keep_last))
-            if has_rgb(args.mode):
-                texture_source(args, announce=True)  # validates --dtd-path now, says what is used
-        per_category = dist
+        per_category, mine = dist, categories
         if dist.enabled and args.split_categories:
-            categories, per_category = categories[dist.rank::dist.world_size], SINGLE
-        speaks = dist.is_main or per_category is SINGLE
-        if speaks:
-            where = f"{device}" + (f", {dist.world_size} processes" if dist.enabled else "")
-            print(f"training {len(categories)} categor{'y' if len(categories) == 1 else 'ies'} on {where}: "
-                  f"{', '.join(categories) or '-'}; run folder {paths.root}")
-        outcomes = {}
-        for cat in categories:
-            outcomes[cat] = outcome = train_category(args, cat, device, paths, per_category)
-            if outcome.interrupted:
-                break
-            if speaks:
-                print(f"[{cat}] trained {outcome.epochs_done} epochs in {outcome.seconds / 60:.1f} min; "
-                      f"weights: {paths.weights(cat)}")
-        barrier(dist)
+            mine, per_category = categories[dist.rank::dist.world_size], SINGLE
+        with _owned(args, paths, categories, mine, dist, own_locks=per_category is SINGLE):
+            outcomes = _train_each(args, mine, device, paths, dist, per_category)
+            barrier(dist)
+        stopped = [o for o in outcomes.values() if o.interrupted]
+        if stopped:
+            cat = stopped[0].category
+            saved = (paths.train_states(cat) or [paths.models])[-1]
+            raise Interrupted(f"[{cat}] checkpoint saved: {saved}; continue with -c train -r {args.run_name} "
+                              f"--category {args.category} --resume" if dist.is_main or per_category is SINGLE else "")
         return outcomes
     finally:
         shutdown(dist)

@@ -224,6 +224,43 @@ def save_panel(
                                   map_range))
 
 
+def _fit(img: np.ndarray, side: int) -> np.ndarray:
+    """Resize to side x side: area averaging down, nearest neighbour up (pixels stay honest)."""
+    h, w = img.shape[:2]
+    if (h, w) == (side, side):
+        return img
+    shrink = h > side or w > side
+    return cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_NEAREST)
+
+
+def render_thumbnails(image: Any, anomaly_map: Any, gt_mask: Any | None, mode: str,
+                      map_range: tuple[float, float] = (0.0, 1.0), side: int = 128,
+                      with_ground_truth: bool = True) -> dict[str, np.ndarray]:
+    """The pictures of one sample for a report, each a side x side BGR uint8 image, in column order:
+    "input" (rgb; the colour-mapped depth in mode d), "depth" (rgbd), "heat map" (the map on the
+    fixed scale map_range over the input) and, with ``with_ground_truth``, "ground truth" (white =
+    anomalous; all black when gt_mask is None)."""
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {sorted(_MODES)}, got {mode!r}")
+    image = _to_numpy(image).astype(np.float32)
+    amap = _to_numpy(anomaly_map).astype(np.float32).reshape(image.shape[1:])
+    out: dict[str, np.ndarray] = {}
+    if mode == "d":
+        lo, hi = _depth_range(image[-1])
+        out["input"] = _depth_to_bgr(image[-1], lo, hi)
+        base = cv2.cvtColor(_depth_to_uint8(image[-1], lo, hi), cv2.COLOR_GRAY2BGR)
+    else:
+        out["input"] = base = _rgb_to_bgr8(image[:3])
+        if mode == "rgbd":
+            out["depth"] = _depth_to_bgr(image[-1], *_depth_range(image[-1]))
+    out["heat map"] = _heat_overlay(base, amap, map_range)
+    if with_ground_truth:
+        g = np.zeros(amap.shape, np.float32) if gt_mask is None else _to_numpy(gt_mask).astype(np.float32)
+        out["ground truth"] = np.repeat(np.where(g.reshape(amap.shape) > 0.5, 255, 0).astype(np.uint8)[..., None],
+                                        3, axis=2)
+    return {name: _fit(np.ascontiguousarray(img), side) for name, img in out.items()}
+
+
 def render_synthesis_sample(x0: Any, x_t: Any, mask: Any, mask_c: Any, t: int, mode: str,
                             anomalous: bool) -> np.ndarray:
     """One row of a synthesis preview: x0 | x_t | M | M_c (rgbd: rgb then depth of each image).
