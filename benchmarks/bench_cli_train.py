@@ -83,7 +83,8 @@ def main() -> None:
     p.add_argument("--net", choices=("default", "demo"), default="default")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "cli_train")
     args = p.parse_args()
-    from bench_eval import matmul_gflops, cpu_name
+    from bench_eval import cpu_name
+    from utils.machine import matmul_gflops
 
     data = make_data(args.out / "data", args.n_images)
     steps = math.ceil(args.n_images / args.bs) * (args.epochs_long - args.epochs_short)

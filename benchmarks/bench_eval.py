@@ -245,17 +245,7 @@ def run_worker_process(cmd: list[str], args: argparse.Namespace, what: str, omp:
 
 # ------------------------------------------------------------------------------ parent helpers
 
-def matmul_gflops(n: int = 4096, repeats: int = 5) -> list[float]:
-    import torch
-    a = torch.randn(n, n)
-    b = torch.randn(n, n)
-    a @ b
-    rates = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        rates.append(2 * n ** 3 / (time.perf_counter() - t0) / 1e9)
-    return rates
+from utils.machine import matmul_gflops  # noqa: E402
 
 
 def forward_gflop(size: int, n_channels: int) -> tuple[float, float]:

@@ -22,7 +22,11 @@ Variants, each in its own fresh subprocess (so its peak memory is its own):
 - ``baseline``       benchmarks/baseline_original.py: the original's einsum attention, every
                      activation stored, contiguous layout, glibc's default allocator settings
 - ``no_recompute``   current without the recomputation (set_recompute(False))
+- ``recompute_<n>mib`` current, recomputing only norm→SiLU inputs of at least n MiB
+                     (models/recompute.py RECOMPUTE_MIN_BYTES; smaller ones take plain autograd)
 - ``omp_default``    current with libgomp's own thread wait policy instead of the CLI's PASSIVE
+- ``spin_<n>``       current with OMP_WAIT_POLICY unset and GOMP_SPINCOUNT=n (threads spin that
+                     many times before sleeping)
 - ``channels_last``  current in the channels_last layout (--memory-format channels_last)
 - ``malloc_reuse``   current + glibc keeping freed memory (--malloc-reuse)
 - ``bf16``           current under bf16 autocast (--amp bf16; changes the numbers)
@@ -50,7 +54,8 @@ sys.path.insert(0, str(HERE))
 from bench_eval import (add_worker_options, apply_omp_choice, cpu_name, loadavg,  # noqa: E402
                         proc_status_kib, run_worker_process)
 
-VARIANTS = ("current", "baseline", "no_recompute", "omp_default", "channels_last", "malloc_reuse", "bf16")
+VARIANTS = ("current", "baseline", "no_recompute", "recompute_1mib", "recompute_4mib", "recompute_16mib",
+            "omp_default", "spin_10k", "spin_100k", "channels_last", "malloc_reuse", "bf16")
 STEPS = 20
 
 
@@ -119,6 +124,10 @@ def build_net(variant: str, n_channels: int, net_kind: str = "default"):
         return make_baseline(net.set_recompute(False), inplace=True)
     if variant == "no_recompute":
         net.set_recompute(False)
+    if variant.startswith("recompute_"):
+        import models.recompute as recompute
+
+        recompute.RECOMPUTE_MIN_BYTES = int(variant.split("_")[1].removesuffix("mib")) * 2**20
     tune_allocator(reuse_large_blocks=variant == "malloc_reuse")  # what Experiment.py does
     return apply_memory_format(net, "channels_last" if variant == "channels_last" else "contiguous")
 
@@ -193,7 +202,13 @@ def run_worker(args: argparse.Namespace, variant: str) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--variant", variant,
            "--size", str(args.size), "--bs", str(args.bs), "--repeats", str(args.repeats),
            "--n-channels", str(args.n_channels), "--net", args.net, "--threads", str(args.threads)]
-    return run_worker_process(cmd, args, variant, omp="default" if variant == "omp_default" else None)
+    spin = variant.startswith("spin_")
+    if spin:
+        os.environ["GOMP_SPINCOUNT"] = variant.split("_")[1].replace("k", "000")
+    try:
+        return run_worker_process(cmd, args, variant, omp="default" if variant == "omp_default" or spin else None)
+    finally:
+        os.environ.pop("GOMP_SPINCOUNT", None)
 
 
 def main() -> None:
@@ -205,6 +220,7 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", default=["current", "baseline"], choices=VARIANTS)
     p.add_argument("--n-channels", type=int, default=64)
     p.add_argument("--net", choices=("default", "demo"), default="default")
+    p.add_argument("--rounds", type=int, default=1, help="run every variant this many times, alternating the order")
     add_worker_options(p)
     args = p.parse_args()
     if args.worker:
@@ -215,7 +231,7 @@ def main() -> None:
         args.size, args.repeats = 64, 3
 
     import torch
-    from bench_eval import matmul_gflops
+    from utils.machine import matmul_gflops
 
     start = time.perf_counter()
     variants = list(dict.fromkeys(["current", "baseline"] + args.variants))
@@ -231,13 +247,17 @@ def main() -> None:
     print(f"# 4096x4096 float32 matmul {mm_start:.1f} GFLOP/s (best of 5); one step {gflop:.1f} GFLOP")
     if not args.no_check:
         check_agreement()
-    res = {}
-    for v in variants:
-        res[v] = run_worker(args, v)
-        o = res[v]
-        print(f"  {v:13s} warm-up {o['warmup']:.2f} s, steps " + " ".join(f"{x:.2f}" for x in o["times"])
-              + f" s, peak {o['vmhwm_kib'] / 1024:.0f} MiB, load {o['load'][0]:.1f}-{o['load'][1]:.1f}, "
-              f"losses " + " ".join(f"{x:.5f}" for x in o["losses"]), flush=True)
+    res: dict[str, dict] = {}
+    for r in range(args.rounds):  # rounds in alternating order, so a change of load hits every variant
+        for v in (variants if r % 2 == 0 else variants[::-1]):
+            o = run_worker(args, v)
+            print(f"  round {r + 1} {v:13s} warm-up {o['warmup']:.2f} s, steps " + " ".join(f"{x:.2f}" for x in o["times"])
+                  + f" s, peak {o['vmhwm_kib'] / 1024:.0f} MiB, load {o['load'][0]:.1f}-{o['load'][1]:.1f}, "
+                  f"losses " + " ".join(f"{x:.5f}" for x in o["losses"]), flush=True)
+            if v in res:  # times of every round; the first round's memory figures and losses
+                res[v]["times"] += o["times"]
+            else:
+                res[v] = o
 
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": res}, indent=1))

@@ -137,7 +137,7 @@ def plot(rows: list[dict], path: Path) -> None:
     pw = (w - left - right) // 2
     cats = sorted({r["category"] for r in rows}, key=lambda c: (c == "bottle", c))
     for p, (title, key) in enumerate(panels):
-        x0, x1, y0, y1 = left + p * pw, left + (p + 1) * pw - 40, top, h - bottom
+        x0, x1, y0, y1 = left + p * pw, left + (p + 1) * pw - 80, top, h - bottom
         vals = [100 * r[key] for r in rows if r[key] is not None]
         lo = max(0.0, np.floor(min(vals) / 5) * 5)
         cv2.rectangle(img, (x0, y0), (x1, y1), (0, 0, 0), 1)
@@ -192,9 +192,13 @@ def main() -> None:
     p.add_argument("--timed-batches", type=int, default=2, help="batches of 8 images timed per schedule and round")
     p.add_argument("--bottle-epochs", type=int, default=200)
     p.add_argument("--skip-bottle", action="store_true")
+    p.add_argument("--replot", action="store_true", help="only redraw study.png from study.json")
     args = p.parse_args()
+    if args.replot:
+        plot(json.loads((args.out / "study.json").read_text())["rows"], args.out / "study.png")
+        return
 
-    from bench_eval import matmul_gflops
+    from utils.machine import matmul_gflops
 
     from data.demo import build_demo_dataset
     from utils.demo import DEMO_DATA, DEMO_SETTINGS

@@ -124,8 +124,18 @@ class _NormActConv(torch.autograd.Function):
         return (None, *result)
 
 
-def _use_recompute(recompute: bool, tensors: tuple[torch.Tensor | None, ...]) -> bool:
-    return recompute and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+# Inputs smaller than this take plain autograd: recomputing them saves little memory, and the
+# custom Function's fixed cost per call (its own small autograd graph in backward) then outweighs
+# it (benchmarks/README.md: training at 64 px). Outputs and gradients are bit-identical either way.
+RECOMPUTE_MIN_BYTES = 0
+
+
+def _use_recompute(recompute: bool, tensors: tuple[torch.Tensor | None, ...], n_inputs: int = 1) -> bool:
+    """Whether the memory-lean path runs: asked for, autograd recording, and inputs (the first
+    ``n_inputs`` tensors) of at least RECOMPUTE_MIN_BYTES together."""
+    if not (recompute and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)):
+        return False
+    return sum(t.numel() * t.element_size() for t in tensors[:n_inputs]) >= RECOMPUTE_MIN_BYTES
 
 
 def norm_act_conv(x: torch.Tensor, norm: nn.Module, conv: nn.Conv2d, recompute: bool) -> torch.Tensor:
@@ -142,7 +152,7 @@ def norm_act_conv_with_shortcut(parts: tuple[torch.Tensor, ...], assemble: Assem
     """``(conv(silu(norm(x))), shortcut(x))`` for ``x = assemble(*parts)``; with ``recompute``
     and autograd recording, ``x`` itself is not kept, only its parts."""
     tensors = (*parts, norm.weight, norm.bias, conv.weight, conv.bias, shortcut.weight, shortcut.bias)
-    if _use_recompute(recompute, tensors):
+    if _use_recompute(recompute, tensors, len(parts)):
         return _NormActConv.apply(_Spec(len(parts), assemble, norm, conv, shortcut), *tensors)
     x = assemble(*parts)
     return conv(F.silu(norm(x))), shortcut(x)
