@@ -5,6 +5,7 @@
     python Experiment.py -c train -r RUN -d DATA -ds mvtec --category bottle
     python Experiment.py -c test  -r RUN -d DATA -ds mvtec
     python Experiment.py -c predict -r RUN --category bottle --input 'new/*.png'
+    python Experiment.py -c export  -r RUN --category bottle   # ONNX; then -c predict ... --backend onnxruntime
 
 Flags: utils/Argparser.py. What each choice does: utils/commands.py.
 """

@@ -1,5 +1,6 @@
 """The torch Datasets for training and testing, and the one function that turns an image (and
-its point cloud) into the network's input, which prediction uses too."""
+its point cloud) into the network's input, which prediction uses too (`array_input`: the same
+for arrays in memory)."""
 from __future__ import annotations
 
 import os
@@ -11,9 +12,9 @@ import torch
 from torch.utils.data import Dataset
 
 from data.catalog import xyz_path_for
-from data.depth import depth_range, normalise_depth, preprocess_depth, read_xyz
+from data.depth import check_xyz, depth_range, normalise_depth, preprocess_depth, read_xyz
 from data.discovery import TestSample, check_dataset, find_test_samples, find_train_images
-from data.io import image_hw, read_mask, read_rgb
+from data.io import image_hw, read_mask, read_rgb, rgb_array_input
 from models.modes import MODES, has_depth, has_rgb
 from utils.errors import TransFusionError
 
@@ -35,6 +36,25 @@ def model_input(image_path: Path, mode: str, size: int, depth_norm: tuple[float,
         if depth_norm is None:
             raise TransFusionError(f"mode {mode} needs the training depth range (gmin, gmax) to read '{xyz}'")
         depth, _ = preprocess_depth(read_xyz(xyz), size, name=str(xyz))
+        parts.append(normalise_depth(depth, *depth_norm))
+    return torch.cat(parts, dim=0)
+
+
+def array_input(rgb: np.ndarray | None, xyz: np.ndarray | None, mode: str, size: int,
+                depth_norm: tuple[float, float] | None = None, name: str = "input") -> torch.Tensor:
+    """`model_input` for arrays already in memory: an RGB uint8 HxWx3 image and/or an HxWx3 float
+    point cloud (what `read_rgb_uint8` and `read_xyz` return for the files: the same tensor)."""
+    parts: list[torch.Tensor] = []
+    if has_rgb(mode):
+        if rgb is None:
+            raise TransFusionError(f"{name}: mode {mode} needs the RGB image, got none")
+        parts.append(rgb_array_input(rgb, size, name=f"{name} (rgb)"))
+    if has_depth(mode):
+        if xyz is None:
+            raise TransFusionError(f"{name}: mode {mode} needs the point cloud, as an (rgb, xyz) pair")
+        if depth_norm is None:
+            raise TransFusionError(f"mode {mode} needs the training depth range (gmin, gmax) to read {name}")
+        depth, _ = preprocess_depth(check_xyz(xyz, f"{name} (xyz)"), size, name=f"{name} (xyz)")
         parts.append(normalise_depth(depth, *depth_norm))
     return torch.cat(parts, dim=0)
 

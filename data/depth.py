@@ -24,7 +24,8 @@ import torch
 
 from utils.errors import TransFusionError
 
-__all__ = ["read_xyz", "preprocess_depth", "fill_holes", "depth_range", "normalise_depth", "PLANE_DISTANCE"]
+__all__ = ["read_xyz", "check_xyz", "preprocess_depth", "fill_holes", "depth_range", "normalise_depth",
+           "PLANE_DISTANCE"]
 
 # Points farther than this from the fitted background plane are foreground (SPEC §1).
 PLANE_DISTANCE = 0.005
@@ -51,22 +52,30 @@ def read_xyz(path: str | os.PathLike) -> np.ndarray:
         raise TransFusionError(
             f"cannot read xyz file '{p}': {reason}; expected a float32 HxWx3 TIFF as shipped with MVTec 3D-AD"
         ) from exc
+    return check_xyz(arr, str(p), damage=f" (tifffile: {notes[0]})" if notes else "", from_file=True)
+
+
+def check_xyz(arr: np.ndarray, name: str, damage: str = "", from_file: bool = False) -> np.ndarray:
+    """A point cloud as HxWx3 float32 (a copy): refuses other shapes and integer values, and sets
+    NaN/inf points to 0 (MVTec's "missing point") with a one-line warning. ``name``: the file, or
+    what the array is (an API input); ``damage``: what tifffile worked around, for the message."""
+    what = f"xyz file '{name}'" if from_file else name
+    arr = np.asarray(arr)
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
-        damage = f" (tifffile: {notes[0]})" if notes else ""
         raise TransFusionError(
-            f"xyz file '{p}' has shape {tuple(arr.shape)}{damage}; expected HxWx3 (x, y, z per pixel) as in MVTec 3D-AD"
+            f"{what} has shape {tuple(arr.shape)}{damage}; expected HxWx3 (x, y, z per pixel) as in MVTec 3D-AD"
         )
     if arr.dtype.kind != "f":
         # integer "coordinates" are almost surely an RGB image saved as TIFF, not a point cloud
         raise TransFusionError(
-            f"xyz file '{p}' holds {arr.dtype} values; expected float32 coordinates (is it an image, not an xyz file?)"
+            f"{what} holds {arr.dtype} values; expected float32 coordinates (is it an image, not an xyz file?)"
         )
     xyz = arr.astype(np.float32, copy=True)
     bad = ~np.isfinite(xyz).all(axis=2)
     n_bad = int(bad.sum())
     if n_bad:
         xyz[bad] = 0.0
-        warnings.warn(f"{p}: {n_bad} point(s) with NaN/inf coordinates treated as missing (set to 0)", stacklevel=2)
+        warnings.warn(f"{name}: {n_bad} point(s) with NaN/inf coordinates treated as missing (set to 0)", stacklevel=3)
     return xyz
 
 

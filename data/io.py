@@ -24,7 +24,7 @@ from PIL import Image, ImageOps
 
 from utils.errors import TransFusionError
 
-__all__ = ["read_rgb", "read_rgb_uint8", "read_mask", "image_hw"]
+__all__ = ["read_rgb", "read_rgb_uint8", "rgb_array_input", "read_mask", "image_hw"]
 
 
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
@@ -197,7 +197,23 @@ def read_rgb(path: str | os.PathLike, size: int) -> torch.Tensor:
     ``Resize`` on a PIL image; grayscale is resized first and stacked afterwards,
     which is identical per channel and three times cheaper.
     """
-    im = _as_8bit(_open(path, "image"))
+    return _network_rgb(_as_8bit(_open(path, "image")), size)
+
+
+def rgb_array_input(rgb: np.ndarray, size: int, name: str = "image array") -> torch.Tensor:
+    """An RGB uint8 HxWx3 array (e.g. a camera frame) as :func:`read_rgb` makes a file of the
+    same pixels: the same PIL bilinear resize, the same [-1, 1] scaling."""
+    arr = np.asarray(rgb)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3 or 0 in arr.shape:
+        raise TransFusionError(
+            f"{name}: got a {arr.dtype} array of shape {tuple(arr.shape)}; expected RGB uint8 HxWx3 (0..255, RGB "
+            f"order: reverse OpenCV's BGR with [..., ::-1]), or a float tensor [B, C, S, S] already in [-1, 1]"
+        )
+    return _network_rgb(Image.fromarray(np.ascontiguousarray(arr)), size)
+
+
+def _network_rgb(im: Image.Image, size: int) -> torch.Tensor:
+    """An 8-bit 'L' or 'RGB' PIL image → float32 [3, size, size] in [-1, 1] (SPEC §1)."""
     im = im.resize((int(size), int(size)), Image.BILINEAR)
     arr = np.asarray(im, dtype=np.float32)
     if arr.ndim == 2:

@@ -18,6 +18,9 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # faster on CPU at 128-256 px, but its other summation order moves logits by float noise, which
 # flips mask pixels that sit near the threshold (README, benchmarks/layout_agreement.py).
 MEMORY_FORMATS = ("contiguous", "channels_last")
+# Who runs the network: PyTorch (every option below applies), or ONNX Runtime on the file -c export
+# wrote (models/onnx_session.py: the CPU, float32, its own layout; none of the options below applies).
+BACKENDS = ("torch", "onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,12 @@ class RuntimeOptions:
             raise ValueError(f"amp must be one of {AMP_CHOICES}, got {self.amp!r}")
         if self.memory_format not in MEMORY_FORMATS:
             raise ValueError(f"memory format must be one of {MEMORY_FORMATS}, got {self.memory_format!r}")
+
+    def changed(self) -> dict[str, Any]:
+        """The options not at their defaults, by field name (what the onnxruntime backend refuses)."""
+        default = RuntimeOptions()
+        fields = ("amp", "memory_format", "compile")
+        return {k: getattr(self, k) for k in fields if getattr(self, k) != getattr(default, k)}
 
     def autocast(self, device: torch.device) -> ContextManager[Any]:
         """Autocast for the network call only; the transparency process and losses stay float32."""

@@ -12,9 +12,9 @@ from typing import Sequence
 
 from data.catalog import DATASETS
 from models.modes import MODES, has_depth
-from models.runtime import AMP_CHOICES, MEMORY_FORMATS
+from models.runtime import AMP_CHOICES, BACKENDS, MEMORY_FORMATS
 from utils.commands import COMMANDS
-from utils.config import unet_config
+from utils.config import DEFAULT_DIFFUSION_STEPS, DEFAULT_IMG_SIZE, runtime_options, unet_config
 from utils.demo import DEMO_SETTINGS
 from utils.errors import TransFusionError
 from utils.thresholds import DEFAULT_CONFIDENCE
@@ -67,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="Experiment.py",
         description="TransFusion: transparency-based diffusion for anomaly detection (ECCV 2024).")
     p.add_argument("-c", "--choice", choices=tuple(COMMANDS), required=True,
-                   help="train, test, demo (built-in data, runs anywhere), predict (unlabelled images) or "
-                        "calibrate (a decision threshold from good images)")
+                   help="train, test, demo (built-in data, runs anywhere), predict (unlabelled images), "
+                        "calibrate (a decision threshold from good images) or export (the network as ONNX)")
     p.add_argument("-r", "--run-name", default=None, help="run folder name under --log-path")
     p.add_argument("-d", "--data-path", default=None, help="dataset root, as unpacked")
     p.add_argument("--log-path", default="./experiments/", help="where run folders live")
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bs", type=int, default=8, help="training batch size (per process)")
     p.add_argument("--step-size", type=int, default=800, help="StepLR step, in epochs")
     p.add_argument("--gamma", type=float, default=0.1, help="StepLR factor")
-    p.add_argument("--diffusion-num-steps", type=int, default=20)
+    p.add_argument("--diffusion-num-steps", type=int, default=DEFAULT_DIFFUSION_STEPS)
     p.add_argument("--unet-channel-num", type=int, default=None,
                    help="UNet base width N (default 64); rgbd builds the two-branch network of 2N channels")
     p.add_argument("--unet-ch-mults", nargs="+", action=_ListAction, convert=int, default=[1, 2, 2, 2])
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unet-group-conv", nargs="+", action=_ListAction, convert=_bool,
                    default=[True, True, True, True])
     p.add_argument("--unet-n-blocks", type=int, default=2)
-    p.add_argument("--img-size", type=int, default=256, help="working resolution (multiple of 32)")
+    p.add_argument("--img-size", type=int, default=DEFAULT_IMG_SIZE, help="working resolution (multiple of 32)")
     p.add_argument("--eval-kernel-size", type=int, default=7)
     p.add_argument("--eval-w", type=float, default=0.95)
     p.add_argument("--eval-steps", type=int, default=None, metavar="K",
@@ -126,8 +126,8 @@ def _add_project_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--keep-last", type=int, default=2, help="training-state checkpoints to keep")
     p.add_argument("--input", default=None, help="predict: an image, a folder or a glob")
     p.add_argument("--threshold", type=float, default=None,
-                   help="predict: decision threshold, defect when score >= it (default: the calibrated threshold "
-                        "from -c calibrate, else the F1-max threshold from -c test)")
+                   help="predict (and export, into its JSON): decision threshold, defect when score >= it (default: "
+                        "the calibrated threshold from -c calibrate, else the F1-max threshold from -c test)")
     p.add_argument("--target-fpr", type=_fraction, default=None, metavar="A",
                    help="calibrate: the false-alarm rate on good parts to stay under, as 0.01 or 1%%")
     p.add_argument("--confidence", type=_fraction, default=None, metavar="G",
@@ -142,6 +142,9 @@ def _add_project_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--amp", choices=AMP_CHOICES, default="off",
                    help="mixed precision for the network (bf16 uses the CPU's bf16 units where present)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
+    p.add_argument("--backend", choices=BACKENDS, default="torch",
+                   help="predict: who runs the network: torch, or onnxruntime on the file -c export wrote (CPU, "
+                        "float32; --amp, --memory-format and --compile do not apply)")
     p.add_argument("--memory-format", choices=MEMORY_FORMATS, default="contiguous",
                    help="tensor layout of the network: contiguous (the original's, default) or "
                         "channels_last (opt-in: ~10%% faster on CPU at 128-256 px, but its other "
@@ -176,7 +179,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Combinations and values argparse cannot check by itself; parser.error exits with 2."""
-    if args.choice in ("train", "test", "predict") and not args.run_name:
+    if args.choice in ("train", "test", "predict", "export") and not args.run_name:
         parser.error(f"-c {args.choice} needs -r/--run-name")
     if args.choice in ("train", "test") and not args.data_path:
         parser.error(f"-c {args.choice} needs -d/--data-path")
@@ -206,6 +209,24 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     _check_network(parser, args)
     _check_ownership(parser, args)
     _check_calibration(parser, args)
+    _check_backend(parser, args)
+
+
+def _check_backend(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--backend onnxruntime runs the exported float32 network on the CPU: the torch-only options
+    mean nothing there, and it goes with -c predict only."""
+    if args.backend == "torch":
+        return
+    if args.choice != "predict":
+        parser.error(f"--backend {args.backend} goes with -c predict (-c export writes the network it runs)")
+    torch_only = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+                  for k, v in runtime_options(args).changed().items()]
+    if torch_only:
+        parser.error(f"{', '.join(torch_only)} means nothing with --backend {args.backend} (ONNX Runtime runs the "
+                     f"exported float32 network in its own layout); leave it out, or use --backend torch")
+    if args.device is not None and not args.device.startswith("cpu"):
+        parser.error(f"--backend {args.backend} runs on the CPU (the onnxruntime package): use --device cpu, or "
+                     f"--backend torch on {args.device}")
 
 
 def _check_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

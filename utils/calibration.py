@@ -125,12 +125,10 @@ def run_calibrate(args: argparse.Namespace) -> Calibration:
                               scoring.eval_steps, paths.meta(category))
     size = int(meta.get("img_size") or args.img_size)
     scored: list[tuple[Path, float, int]] = []
-    for batch_paths, _, maps, _ in scored_batches(net, process, files, mode, size, depth_norm, scoring, runtime,
-                                                  device, args.eval_bs, progress=not args.quiet,
-                                                  desc=f"[{category}] calibrate",
-                                                  on_skip=lambda exc: print(f"skipped: {exc}")):
-        scored += [(p, float(s), int(n)) for p, s, n in zip(batch_paths, maps.scores.tolist(),
-                                                              maps.steps_run.tolist())]
+    for batch in scored_batches(net, process, files, size, depth_norm, scoring, runtime, device, args.eval_bs,
+                                progress=not args.quiet, desc=f"[{category}] calibrate",
+                                on_skip=lambda exc: print(f"skipped: {exc}")):
+        scored += [(Path(p), float(s), int(n)) for p, s, n in zip(batch.names, batch.scores, batch.steps)]
     if not scored:
         raise TransFusionError(f"none of the {len(files)} calibration images of {category} could be read ({where})")
     cal = calibrate_threshold([s for _, s, _ in scored], args.target_fpr, args.confidence)

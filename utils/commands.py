@@ -28,6 +28,12 @@ def run_predict(args: argparse.Namespace) -> Any:
     return predict(args, pick_device(args.device))
 
 
+def run_export(args: argparse.Namespace) -> Any:
+    from utils.export import run_export as export
+
+    return export(args)
+
+
 def run_calibrate(args: argparse.Namespace) -> Any:
     from utils.calibration import run_calibrate as calibrate
 
@@ -54,4 +60,5 @@ def run_demo(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 # The commands of -c, in the order --help lists them.
 COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
     "train": run_train, "test": run_test, "demo": run_demo, "predict": run_predict, "calibrate": run_calibrate,
+    "export": run_export,
 }

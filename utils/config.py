@@ -10,6 +10,11 @@ from models.scoring import ScoringOptions
 from models.unet import UNetConfig
 from utils.errors import TransFusionError
 
+# The paper's --img-size and --diffusion-num-steps: what a run without a meta file (released
+# weights) is taken to use, by the command line and the Python API alike.
+DEFAULT_IMG_SIZE = 256
+DEFAULT_DIFFUSION_STEPS = 20
+
 
 def unet_config(args: argparse.Namespace) -> UNetConfig:
     """The UNet that ``--mode``, ``--unet-*`` describe (``--unet-channel-num N``: 2N in rgbd)."""

@@ -17,21 +17,17 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
-from tqdm import tqdm
 
 from data.catalog import IMAGE_EXTENSIONS
-from data.datasets import model_input
-from models.modes import has_depth
 from models.runtime import RuntimeOptions
-from models.scoring import AnomalyMaps, ScoringOptions, score_batch
-from models.transparency import TransparencyProcess
+from models.scoring import ScoringOptions
+from models.transparency import Network, TransparencyProcess
 from utils.atomic import atomic_write_text
-from utils.config import runtime_options, scoring_options
+from utils.detector import Detection, Detector
 from utils.errors import TransFusionError
 from utils.report_html import THUMB_SIDE, CategoryPage, ImageRow, ThresholdLine, thumbnail_uris, write_category_report
-from utils.runs import RunPaths, load_network
-from utils.testing import checked_process
-from utils.thresholds import Threshold, choose_threshold, schedule_note
+from utils.runs import RunPaths, check_arch_matches
+from utils.thresholds import Threshold, explicit_threshold, schedule_note
 
 
 def collect_inputs(spec: str) -> list[Path]:
@@ -54,45 +50,38 @@ def pick_category(paths: RunPaths, category: str) -> str:
     """``--category``, or the run's only category when it is 'all'."""
     if category != "all":
         return category
-    found = sorted(p.name[: -len("_model.pkl")] for p in paths.models.glob("*_model.pkl"))
+    found = paths.categories()
     if len(found) == 1:
         return found[0]
     raise TransFusionError(f"this command needs --category: {paths.models} holds "
                            f"{', '.join(found) if found else 'no models'}")
 
 
-def scored_batches(net: torch.nn.Module, process: TransparencyProcess, files: list[Path], mode: str, size: int,
+def scored_batches(net: Network, process: TransparencyProcess, files: list[Path], size: int,
                    depth_norm: tuple[float, float] | None, scoring: ScoringOptions, runtime: RuntimeOptions,
-                   device: torch.device, batch_size: int, keep_reconstruction: bool = False,
-                   progress: bool = True, desc: str = "predict", on_skip: Callable[[Exception], None] = print
-                   ) -> Iterator[tuple[list[Path], torch.Tensor, AnomalyMaps, torch.Tensor | None]]:
-    """Read and score image files in batches: (paths, network inputs, maps, reconstructions or None).
+                   device: torch.device, batch_size: int, progress: bool = True, desc: str = "predict",
+                   on_skip: Callable[[Exception], None] = print) -> Iterator[Detection]:
+    """Read and score image files in batches, through the Python API's detector (utils/detector.py).
     Unreadable files are handed to ``on_skip`` and left out; a non-finite map is an error."""
-    batch_paths: list[Path] = []
-    batch_images: list[torch.Tensor] = []
+    det = Detector(runtime.callable(net), process, size, depth_norm=depth_norm, scoring=scoring, runtime=runtime,
+                   device=device, batch_size=batch_size)
+    yield from det.batches(files, progress=progress, desc=desc, on_skip=on_skip)
 
-    def scored() -> tuple[list[Path], torch.Tensor, AnomalyMaps, torch.Tensor | None]:
-        images = torch.stack(batch_images).to(device)
-        maps, recon = score_batch(runtime.callable(net), process, images, scoring, runtime,
-                                  keep_reconstruction=keep_reconstruction)
-        for p, score in zip(batch_paths, maps.scores.tolist()):
-            if score != score:  # NaN
-                raise TransFusionError(f"the anomaly map of {p} is not finite: the checkpoint looks corrupt")
-        return list(batch_paths), images, maps, recon
 
-    for p in tqdm(files, desc=desc, disable=not progress, leave=False):
-        try:
-            batch_images.append(model_input(p, mode, size, depth_norm))
-            batch_paths.append(p)
-        except TransFusionError as exc:
-            on_skip(exc)
-            continue
-        if len(batch_images) == batch_size:
-            yield scored()
-            batch_paths.clear()
-            batch_images.clear()
-    if batch_images:
-        yield scored()
+def open_detector(args: argparse.Namespace, paths: RunPaths, category: str, device: torch.device) -> Detector:
+    """The detector -c predict scores with: `Detector.from_run` with the command line's flags, and the
+    checkpoint checked against --mode / --unet-channel-num as every command checks it."""
+    det = Detector.from_run(
+        paths.root, category, device=None if args.device is None else str(device), amp=args.amp,
+        memory_format=args.memory_format,
+        compile=args.compile, eval_steps=args.eval_steps, early_stop=args.early_stop,
+        kernel_size=args.eval_kernel_size, weight=args.eval_w,
+        threshold=None if args.threshold is None else explicit_threshold(args.threshold),
+        backend=args.backend, batch_size=args.eval_bs, image_size=args.img_size,
+        diffusion_steps=args.diffusion_num_steps)
+    assert det.config is not None and det.network_file is not None
+    check_arch_matches(det.config, args.mode, args.unet_channel_num, det.network_file)
+    return det
 
 
 def announce_threshold(threshold: Threshold | None, category: str, schedule: dict[str, int | None]) -> None:
@@ -107,14 +96,18 @@ def announce_threshold(threshold: Threshold | None, category: str, schedule: dic
         print(note)
 
 
-def _report(out_dir: Path, args: argparse.Namespace, category: str, mode: str, paths: RunPaths,
-            threshold: Threshold | None, rows: list[ImageRow], skipped: int, schedule: dict[str, int | None]) -> Path:
+def _report(out_dir: Path, args: argparse.Namespace, category: str, det: Detector, rows: list[ImageRow],
+            skipped: int) -> Path:
     """predictions/<category>/report.html: every scored image, defects first."""
-    steps = ", ".join(f"{k} {v}" for k, v in schedule.items() if v is not None) or "all T − 2 reverse steps"
+    mode, threshold = det.mode, det.threshold
+    steps = ", ".join(f"{k} {v}" for k, v in det.scoring.schedule().items() if v is not None) or \
+        "all T − 2 reverse steps"
     facts = [("run", args.run_name), ("category", category), ("mode", mode),
-             ("checkpoint", str(paths.weights(category))), ("input", str(args.input)),
+             ("checkpoint", str(det.network_file)), ("input", str(args.input)),
              ("images", f"{len(rows)} scored, {skipped} skipped"), ("step schedule", steps),
              ("written", time.strftime("%Y-%m-%d %H:%M:%S"))]
+    if det.backend != "torch":
+        facts.insert(4, ("backend", f"{det.backend} (the network exported by -c export)"))
     columns = ["input", "depth", "heat map"] if mode == "rgbd" else ["input", "heat map"]
     page = CategoryPage(title=f"{args.run_name} / {category}: predictions", facts=facts, columns=columns, rows=rows,
                         thresholds=[ThresholdLine(threshold, True)] if threshold else [])
@@ -127,19 +120,13 @@ def predict(args: argparse.Namespace, device: torch.device) -> list[dict[str, An
 
     paths = RunPaths(args.log_path, args.run_name)
     category = pick_category(paths, args.category)
-    runtime, scoring = runtime_options(args), scoring_options(args)
-    net, meta = load_network(paths, category, args.mode, args.unet_channel_num, runtime, device)
-    mode = net.cfg.mode
-    size = int(meta.get("img_size") or args.img_size)
-    depth_norm = tuple(meta["depth_norm"]) if meta.get("depth_norm") else None
-    if has_depth(mode) and depth_norm is None:
-        raise TransFusionError(f"{paths.meta(category)} has no depth range; run -c test on this run once "
-                               f"(it needs the training set) before predicting in mode {mode}")
-    threshold = choose_threshold(meta, paths.meta(category), args.threshold)
-    announce_threshold(threshold, category, scoring.schedule())
-    map_range = tuple(meta.get("map_range") or (0.0, 1.0))  # the test set's, so pictures compare
-    process = checked_process(int(meta.get("diffusion_num_steps") or args.diffusion_num_steps), mode,
-                              scoring.eval_steps, paths.meta(category))
+    det = open_detector(args, paths, category, device)
+    mode, threshold = det.mode, det.threshold
+    if det.backend != "torch":
+        threads = getattr(det.network, "threads", "?")
+        print(f"network: {det.network_file} in ONNX Runtime ({threads} intra-op threads)")
+    announce_threshold(threshold, category, det.scoring.schedule())
+    map_range = tuple(det.meta.get("map_range") or (0.0, 1.0))  # the test set's, so pictures compare
     out_dir = paths.root / "predictions" / category
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -151,26 +138,25 @@ def predict(args: argparse.Namespace, device: torch.device) -> list[dict[str, An
         skipped.append(exc)
         print(f"skipped: {exc}")
 
-    for batch_paths, images, maps, recon in scored_batches(
-            net, process, collect_inputs(args.input), mode, size, depth_norm, scoring, runtime, device,
-            args.eval_bs, keep_reconstruction=True, progress=not args.quiet, on_skip=skip):
-        for i, p in enumerate(batch_paths):
-            score = float(maps.scores[i])
-            decision = None if threshold is None else threshold.decide(score)
-            image, final = images[i].float().cpu().numpy(), maps.final[i].cpu().numpy()
+    for batch in det.batches(collect_inputs(args.input), reconstructions=True, progress=not args.quiet, on_skip=skip):
+        assert batch.reconstructions is not None
+        for i, name in enumerate(batch.names):
+            p, score, steps = Path(name), float(batch.scores[i]), int(batch.steps[i])
+            decision = None if batch.decisions is None else batch.decisions[i]
+            image, final = batch.inputs[i], batch.maps[i]
             heat = out_dir / f"{len(records):05d}_{p.stem}.png"
-            save_panel(heat, image, final, None, recon[i].float().cpu().numpy(), mode, score=score,
+            save_panel(heat, image, final, None, batch.reconstructions[i], mode, score=score,
                        title=f"{p.name}: {decision or 'score'}", map_range=map_range)
             thumbs = render_thumbnails(image, final, None, mode, map_range, THUMB_SIDE, with_ground_truth=False)
             rows.append(ImageRow(str(p), f"{p.parent.name}/{p.name}", score, None, decision, thumbnail_uris(thumbs),
-                                 int(maps.steps_run[i])))
+                                 steps))
             records.append({"path": str(p), "score": score, "decision": decision,
                             "threshold": None if threshold is None else threshold.value,
                             "threshold_kind": None if threshold is None else threshold.kind,
-                            "steps": int(maps.steps_run[i]), "heatmap": str(heat)})
+                            "steps": steps, "heatmap": str(heat)})
             print(f"{score:.6f}  {decision or '':6s}  {p}")
     atomic_write_text(out_dir / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-    report = _report(out_dir, args, category, mode, paths, threshold, rows, len(skipped), scoring.schedule())
+    report = _report(out_dir, args, category, det, rows, len(skipped))
     print(f"{len(records)} image(s) scored, {len(skipped)} skipped; heat maps, predictions.jsonl and {report.name} "
           f"in {out_dir}")
     return records

@@ -7,6 +7,8 @@ Layout of ``<log-path>/<run-name>/``::
     models/<category>_meta.json      side file: network config, image size, depth range,
                                      epoch, decision threshold from -c test
     models/<category>_state_e<N>.pt  training state for --resume (last --keep-last kept)
+    models/<category>.onnx           -c export: the network in ONNX (dynamic batch, the run's size)
+    models/<category>_onnx.json      -c export: what the reverse process needs around it
     tensorboard/<category>/          TensorBoard logs
     results/<category>/              per-image CSV, summary JSON, curves, pictures
     output.csv                       one row per evaluated category (appended)
@@ -42,6 +44,14 @@ class RunPaths:
     def __init__(self, log_path: str | Path, run_name: str) -> None:
         self.root = Path(log_path) / run_name
 
+    @classmethod
+    def at(cls, run_dir: str | os.PathLike) -> "RunPaths":
+        """The run folder ``run_dir`` itself (``<log-path>/<run-name>``), as the Python API names it."""
+        root = Path(run_dir)
+        if root.name in ("", ".", ".."):
+            root = root.resolve()
+        return cls(root.parent, root.name)
+
     @property
     def models(self) -> Path:
         return self.root / "models"
@@ -51,6 +61,18 @@ class RunPaths:
 
     def meta(self, category: str) -> Path:
         return self.models / f"{category}_meta.json"
+
+    def onnx(self, category: str) -> Path:
+        """-c export: the network as ONNX."""
+        return self.models / f"{category}.onnx"
+
+    def onnx_meta(self, category: str) -> Path:
+        """-c export: the reverse process's settings beside the ONNX network."""
+        return self.models / f"{category}_onnx.json"
+
+    def categories(self) -> list[str]:
+        """The categories this run holds weights for, sorted."""
+        return sorted(p.name[: -len("_model.pkl")] for p in self.models.glob("*_model.pkl"))
 
     def train_state(self, category: str, epoch: int, batch: int = 0) -> Path:
         """Training state after ``epoch`` full epochs and ``batch`` batches of the next one."""
@@ -229,13 +251,15 @@ def move_aside(paths: RunPaths, category: str, stamp: str) -> list[Path]:
     return moved
 
 
-def check_arch_matches(cfg: UNetConfig, mode: str, base_width: int | None, path: Path) -> None:
+def check_arch_matches(cfg: UNetConfig, mode: str | None, base_width: int | None, path: Path) -> None:
     """Refuse a checkpoint whose mode or width disagrees with --mode / --unet-channel-num.
 
     ``base_width`` is the ``--unet-channel-num`` N the user gave (None: not given, not checked);
     rgbd networks have 2N channels (models/modes.py), so N = 64 matches a released rgbd
-    checkpoint of 128 channels.
+    checkpoint of 128 channels. ``mode`` None: nothing is checked (the Python API takes the file's).
     """
+    if mode is None:  # the Python API: the checkpoint's mode, whatever it is
+        return
     if mode == cfg.mode and (base_width is None or network_width(mode, base_width) == cfg.n_channels):
         return
     asked = f"--mode {mode}" + (f" --unet-channel-num {base_width}" if base_width is not None else "")
@@ -245,7 +269,7 @@ def check_arch_matches(cfg: UNetConfig, mode: str, base_width: int | None, path:
         f"run with --mode {cfg.mode} --unet-channel-num {base_width_for(cfg.mode, cfg.n_channels)}")
 
 
-def load_network(paths: RunPaths, category: str, mode: str, base_width: int | None, runtime: RuntimeOptions,
+def load_network(paths: RunPaths, category: str, mode: str | None, base_width: int | None, runtime: RuntimeOptions,
                  device: torch.device) -> tuple[TransFusionUNet, dict[str, Any]]:
     """Load a run's ``<category>_model.pkl`` safely (architecture from the file), check it against
     the flags, and place it on ``device`` in eval mode; also the category's meta."""

@@ -126,11 +126,19 @@ def f1_threshold(meta: dict[str, Any], meta_path: Path | str) -> Threshold | Non
                      f"F1-max on the labelled test set, stored by -c test in {meta_path}", meta.get("f1_schedule"))
 
 
-def choose_threshold(meta: dict[str, Any], meta_path: Path | str, explicit: float | None = None,
+def explicit_threshold(value: float, kind: str = "--threshold",
+                       source: str = "given on the command line") -> Threshold:
+    """A threshold given by the user (defect when score >= it); the Python API names its own kind and source."""
+    return Threshold(float(value), kind, False, source)
+
+
+def choose_threshold(meta: dict[str, Any], meta_path: Path | str, explicit: float | Threshold | None = None,
                      f1: Threshold | None = None) -> Threshold | None:
     """--threshold, else calibrated, else F1-max (``f1`` when given: -c test's fresh one), else None."""
+    if isinstance(explicit, Threshold):
+        return explicit
     if explicit is not None:
-        return Threshold(float(explicit), "--threshold", False, "given on the command line")
+        return explicit_threshold(explicit)
     return calibrated_threshold(meta, meta_path) or f1 or f1_threshold(meta, meta_path)
 
 
