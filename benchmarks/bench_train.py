@@ -21,6 +21,8 @@ Variants, each in its own fresh subprocess (so its peak memory is its own):
                      --memory-format), utils.allocator.tune_allocator() as the CLI calls it
 - ``baseline``       benchmarks/baseline_original.py: the original's einsum attention, every
                      activation stored, contiguous layout, glibc's default allocator settings
+- ``baseline_spin``  the baseline under libgomp's own thread wait policy, as the original runs
+                     (it sets no OMP_WAIT_POLICY); ``baseline`` runs under the CLI's PASSIVE
 - ``no_recompute``   current without the recomputation (set_recompute(False))
 - ``recompute_<n>mib`` current, recomputing only norm→SiLU inputs of at least n MiB
                      (models/recompute.py RECOMPUTE_MIN_BYTES; smaller ones take plain autograd)
@@ -54,8 +56,8 @@ sys.path.insert(0, str(HERE))
 from bench_eval import (add_worker_options, apply_omp_choice, cpu_name, loadavg,  # noqa: E402
                         proc_status_kib, run_worker_process)
 
-VARIANTS = ("current", "baseline", "no_recompute", "recompute_1mib", "recompute_4mib", "recompute_16mib",
-            "omp_default", "spin_10k", "spin_100k", "channels_last", "malloc_reuse", "bf16")
+VARIANTS = ("current", "baseline", "baseline_spin", "no_recompute", "recompute_1mib", "recompute_4mib", "recompute_16mib",
+            "omp_default", "spin_1k", "spin_3k", "spin_10k", "spin_30k", "spin_100k", "channels_last", "malloc_reuse", "bf16")
 STEPS = 20
 
 
@@ -120,7 +122,7 @@ def build_net(variant: str, n_channels: int, net_kind: str = "default"):
 
     torch.manual_seed(0)
     net = TransFusionUNet(net_config(net_kind, n_channels)).train()
-    if variant == "baseline":
+    if variant.startswith("baseline"):
         return make_baseline(net.set_recompute(False), inplace=True)
     if variant == "no_recompute":
         net.set_recompute(False)
@@ -206,7 +208,8 @@ def run_worker(args: argparse.Namespace, variant: str) -> dict:
     if spin:
         os.environ["GOMP_SPINCOUNT"] = variant.split("_")[1].replace("k", "000")
     try:
-        return run_worker_process(cmd, args, variant, omp="default" if variant == "omp_default" or spin else None)
+        active = variant in ("omp_default", "baseline_spin") or spin
+        return run_worker_process(cmd, args, variant, omp="default" if active else None)
     finally:
         os.environ.pop("GOMP_SPINCOUNT", None)
 

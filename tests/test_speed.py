@@ -17,6 +17,15 @@ from tests.helpers import TINY_NET
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def recompute_every_size(monkeypatch):
+    """These tiny tensors are below the size threshold: recompute them anyway, so the lean path
+    is what the tests below compare with plain autograd."""
+    import models.recompute as recompute
+
+    monkeypatch.setattr(recompute, "RECOMPUTE_MIN_BYTES", 0)
+
+
 def _net(mode: str, recompute: bool, layout=torch.contiguous_format) -> TransFusionUNet:
     torch.manual_seed(0)
     net = TransFusionUNet(UNetConfig(mode=mode, **TINY_NET)).train().set_recompute(recompute)
@@ -93,6 +102,28 @@ def test_recompute_stores_far_fewer_activations():
         return TransFusionUNet(UNetConfig(n_channels=32)).train().set_recompute(recompute)
     plain, lean = _saved_bytes(net(False)), _saved_bytes(net(True))
     assert lean < 0.45 * plain, (lean, plain)
+
+
+def test_recompute_only_above_the_size_threshold(monkeypatch):
+    """Inputs below RECOMPUTE_MIN_BYTES take plain autograd (which keeps more), larger ones the
+    lean path; the gradients are the same."""
+    import models.recompute as recompute
+
+    def saved_and_grads(threshold: int):
+        monkeypatch.setattr(recompute, "RECOMPUTE_MIN_BYTES", threshold)
+        torch.manual_seed(0)
+        net = TransFusionUNet(UNetConfig(**TINY_NET)).train()
+        x = torch.randn(2, 4, 32, 32)
+        saved = _saved_bytes(net, size=32)
+        torch.manual_seed(1)
+        net(x, torch.tensor([2, 9]))[0].sum().backward()
+        return saved, [p.grad.clone() for p in net.parameters()]
+
+    lean, lean_grads = saved_and_grads(0)
+    plain, plain_grads = saved_and_grads(2**40)  # nothing is that large
+    assert lean < plain
+    assert all(torch.equal(a, b) for a, b in zip(lean_grads, plain_grads))
+    assert recompute.RECOMPUTE_MIN_BYTES == 2**40  # the monkeypatch is what the net used
 
 
 def test_recompute_is_not_used_without_autograd():
