@@ -1,4 +1,5 @@
-"""What many test modules share: one tiny network configuration and a command-line runner.
+"""What many test modules share: one tiny network configuration, a command-line runner, a tiny
+trained-and-tested run and the original's reference tensors.
 
 Not tests. The tiny configuration is defined once, as a dict of UNetConfig fields, and the
 command-line flags that build the same network are derived from it, so the two cannot drift.
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import lzma
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -68,3 +70,39 @@ def cli_subprocess(*argv: str, check: bool = True, timeout: float = 600, **kwarg
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
+
+
+def tiny_tested_run(root: Path, run: str, size: int, mode: str = "rgb",
+                    width: str | None = None) -> tuple[Path, Path, list[str]]:
+    """A tiny run trained for one epoch and tested (its F1-max threshold and depth range stored)
+    under ``root``: bottle of an MVTec-layout dataset in rgb mode, tire of an MVTec 3D-AD-layout
+    one in the depth modes, ``size`` px. Returns (data root, log path, the flags naming the run)."""
+    from tests.layouts import make_mvtec, make_mvtec3d
+
+    if mode == "rgb":
+        data = make_mvtec(root / "data", n_train=4, n_test_good=2, defects=("crack",), n_per_defect=2, size=size)
+        common = ["-r", run, "--category", "bottle"]
+    else:
+        data = make_mvtec3d(root / "data", n_train=2, n_val=0, n_test_good=1, n_per_defect=1, size=size)
+        common = ["-r", run, "-ds", "mvtec3d", "--mode", mode, "--category", "tire"]
+    logs = root / "logs"
+    common += ["--log-path", str(logs), *TINY_FLAGS, *(["--unet-channel-num", width] if width else [])]
+    cli("-c", "train", "-d", str(data), "--epoch-num", "1", *common)
+    cli("-c", "test", "-d", str(data), *common)
+    return data, logs, common
+
+
+def load_reference(shared_dir: Path) -> dict:
+    """The original's reference tensors (``reference/reference_rgb.pt.xz``), with ``state_dict``
+    decoded from its integer codes times powers of two; skips the test when the file is absent."""
+    import pytest
+    import torch
+
+    path = shared_dir / "reference" / "reference_rgb.pt.xz"
+    if not path.exists():
+        pytest.skip(f"{path} is absent")
+    data = torch.load(io.BytesIO(lzma.open(path).read()), weights_only=True)
+    exp2 = data["state_dict_exp2"]
+    data["state_dict"] = {k: (c.float() * 2.0 ** exp2[k]) if k in exp2 else c
+                          for k, c in data["state_dict_codes"].items()}
+    return data

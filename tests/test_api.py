@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 
 import transfusion  # the entry point other programs import
-from tests.helpers import REPO, TINY_FLAGS, TINY_SIZE, cli
-from tests.layouts import make_folder, make_mvtec, make_mvtec3d
+from tests.helpers import REPO, TINY_FLAGS, TINY_SIZE, cli, tiny_tested_run
+from tests.layouts import make_folder
 from utils.errors import TransFusionError
 
 
@@ -36,12 +36,7 @@ def _network_input(path: Path, size: int = TINY_SIZE) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def rgb_run(tmp_path_factory):
-    data = make_mvtec(tmp_path_factory.mktemp("data"), n_train=4, n_test_good=2, defects=("crack",), n_per_defect=2,
-                      size=48)
-    logs = tmp_path_factory.mktemp("logs")
-    common = ["-r", "a", "--category", "bottle", "--log-path", str(logs), *TINY_FLAGS]
-    cli("-c", "train", "-d", str(data), "--epoch-num", "1", *common)
-    cli("-c", "test", "-d", str(data), *common)
+    data, logs, _ = tiny_tested_run(tmp_path_factory.mktemp("run"), "a", size=48)
     files = sorted((data / "bottle" / "test").glob("*/*.png"))
     return logs / "a", files, _per_image(logs / "a" / "results" / "bottle")
 
@@ -124,12 +119,7 @@ def test_the_onnxruntime_backend_runs_the_same_loop(rgb_run):
 
 @pytest.mark.parametrize("mode,width", [("rgbd", "16"), ("d", "32")])
 def test_depth_modes_take_pairs_of_paths_or_arrays(tmp_path, mode, width):
-    data = make_mvtec3d(tmp_path / "data", n_train=2, n_val=0, n_test_good=1, n_per_defect=1, size=40)
-    logs = tmp_path / "logs"
-    common = ["-r", "m", "-ds", "mvtec3d", "--mode", mode, "--category", "tire", "--log-path", str(logs),
-              *TINY_FLAGS, "--unet-channel-num", width]
-    cli("-c", "train", "-d", str(data), "--epoch-num", "1", *common)
-    cli("-c", "test", "-d", str(data), *common)
+    data, logs, _ = tiny_tested_run(tmp_path, "m", size=40, mode=mode, width=width)
     tested = _per_image(logs / "m" / "results" / "tire")
     det = transfusion.Detector.from_run(logs / "m", "tire", device="cpu")
     rgbs = sorted((data / "tire" / "test").glob("*/rgb/*.png"))

@@ -11,9 +11,7 @@ packages the project still imports, and asking for ONNX says what to install.
 from __future__ import annotations
 
 import importlib.util
-import io
 import json
-import lzma
 import subprocess
 import sys
 from pathlib import Path
@@ -27,8 +25,7 @@ from models.onnx_session import OnnxNetwork
 from models.scoring import anomaly_maps
 from models.transparency import TransparencyProcess
 from models.unet import TransFusionUNet, UNetConfig
-from tests.helpers import REPO, TINY_FLAGS, TINY_NET, cli
-from tests.layouts import make_mvtec, make_mvtec3d
+from tests.helpers import REPO, TINY_FLAGS, TINY_NET, cli, load_reference, tiny_tested_run
 from utils.errors import TransFusionError
 
 # The tests that export or run ONNX need requirements-export.txt (requirements-dev.txt includes it);
@@ -124,21 +121,9 @@ def test_free_running_reverse_pass_maps_and_scores_agree_within_1e_4(exported, m
     assert forced <= 1, f"{forced} of 4 images flipped a mask pixel: not a rare float-noise event"
 
 
-def _reference(shared_dir: Path) -> dict:
-    """The original's reference tensors (as tests/test_reference.py loads them)."""
-    path = shared_dir / "reference" / "reference_rgb.pt.xz"
-    if not path.exists():
-        pytest.skip(f"{path} is absent")
-    data = torch.load(io.BytesIO(lzma.open(path).read()), weights_only=True)
-    exp2 = data["state_dict_exp2"]
-    data["state_dict"] = {k: (c.float() * 2.0 ** exp2[k]) if k in exp2 else c
-                          for k, c in data["state_dict_codes"].items()}
-    return data
-
-
 @needs_onnx
 def test_reference_weights_exported_reproduce_the_original_at_t5_and_its_reverse_pass(shared_dir, tmp_path):
-    ref = _reference(shared_dir)
+    ref = load_reference(shared_dir)
     net = TransFusionUNet(UNetConfig(mode="rgb", n_channels=32))
     net.load_state_dict({k.removeprefix("model."): v for k, v in ref["state_dict"].items()})
     net.eval()
@@ -178,13 +163,7 @@ def _both_backends(common: list[str], inputs: str, logs: Path, run: str, categor
 @pytest.fixture(scope="module")
 def rgb_run(tmp_path_factory):
     """A tiny trained and tested run (its F1-max threshold stored): data, log path, flags."""
-    data = make_mvtec(tmp_path_factory.mktemp("data"), n_train=4, n_test_good=2, defects=("crack",), n_per_defect=2,
-                      size=32)
-    logs = tmp_path_factory.mktemp("logs")
-    common = ["-r", "r", "--category", "bottle", "--log-path", str(logs), *TINY_FLAGS]
-    cli("-c", "train", "-d", str(data), "--epoch-num", "1", *common)
-    cli("-c", "test", "-d", str(data), *common)
-    return data, logs, common
+    return tiny_tested_run(tmp_path_factory.mktemp("run"), "r", size=32)
 
 
 @pytest.fixture(scope="module")
@@ -265,12 +244,7 @@ def test_a_program_of_its_own_reproduces_the_scores_from_the_json_alone(rgb_expo
 @needs_onnx
 @pytest.mark.parametrize("mode,width", [("d", "32"), ("rgbd", "16")])
 def test_depth_modes_export_and_predict_alike(tmp_path, mode, width):
-    data = make_mvtec3d(tmp_path / "data", n_train=2, n_val=0, n_test_good=1, n_per_defect=1, size=32)
-    logs = tmp_path / "logs"
-    common = ["-r", "m", "-ds", "mvtec3d", "--mode", mode, "--category", "tire", "--log-path", str(logs),
-              *TINY_FLAGS, "--unet-channel-num", width]
-    cli("-c", "train", "-d", str(data), "--epoch-num", "1", *common)
-    cli("-c", "test", "-d", str(data), *common)  # stores the depth range
+    data, logs, common = tiny_tested_run(tmp_path, "m", size=32, mode=mode, width=width)  # stores the depth range
     cli("-c", "export", *common)
     side = json.loads((logs / "m" / "models" / "tire_onnx.json").read_text())
     meta = json.loads((logs / "m" / "models" / "tire_meta.json").read_text())

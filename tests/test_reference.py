@@ -5,8 +5,6 @@ Tolerances are those suggested by ../shared/reference/README.md (its observed no
 from __future__ import annotations
 
 import copy
-import io
-import lzma
 
 import pytest
 import torch
@@ -15,18 +13,12 @@ from models.losses import transfusion_loss
 from models.scoring import anomaly_maps
 from models.transparency import TransparencyProcess, rotate_nearest
 from models.unet import TransFusionUNet, UNetConfig
+from tests.helpers import load_reference
 
 
 @pytest.fixture(scope="module")
 def ref(shared_dir):
-    path = shared_dir / "reference" / "reference_rgb.pt.xz"
-    if not path.exists():
-        pytest.skip(f"{path} is absent")
-    data = torch.load(io.BytesIO(lzma.open(path).read()), weights_only=True)
-    exp2 = data["state_dict_exp2"]
-    data["state_dict"] = {k: (c.float() * 2.0 ** exp2[k]) if k in exp2 else c
-                          for k, c in data["state_dict_codes"].items()}
-    return data
+    return load_reference(shared_dir)
 
 
 @pytest.fixture(scope="module")

@@ -352,7 +352,7 @@ def _move_aside(paths: RunPaths, categories: list[str], stamp: str) -> str | Non
     try:
         for cat in categories:
             if move_aside(paths, cat, stamp):
-                print(f"[{cat}] --overwrite: the previous weights, meta, training states and results "
+                print(f"[{cat}] --overwrite: the previous weights, meta, training states, results, logs and calibration "
                       f"moved to {paths.replaced(stamp) / cat}")
     except TransFusionError as exc:
         return str(exc)
