@@ -20,10 +20,18 @@ import sys
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+def _say(line: str, file=None) -> None:
+    """One line to stderr (or ``file``) in a single write: torchrun's ranks share one pipe, and
+    ``print`` writes the text and its newline separately, so two ranks' lines could run together."""
+    out = file or sys.stderr
+    out.write(line + "\n")
+    out.flush()
+
+
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ARG001
     """Warnings as ``warning: <message>`` on one line: the default adds ``file:line: UserWarning:``
     and the Python source line that raised it, which says nothing to a user."""
-    print(f"warning: {' '.join(str(message).split())}", file=file or sys.stderr)
+    _say(f"warning: {' '.join(str(message).split())}", file)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,19 +54,19 @@ def _run(argv: list[str] | None) -> int:
     from utils.commands import COMMANDS
 
     if not tune_allocator(reuse_large_blocks=args.malloc_reuse) and args.malloc_reuse:
-        print("note: --malloc-reuse needs glibc on Linux; ignored", file=sys.stderr)
+        _say("note: --malloc-reuse needs glibc on Linux; ignored")
 
     try:
         COMMANDS[args.choice](args)
     except TransFusionError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _say(f"error: {exc}")
         return 2
     except Interrupted as exc:  # Ctrl-C, after saving
         if str(exc):
-            print(f"interrupted: {exc}", file=sys.stderr)
+            _say(f"interrupted: {exc}")
         return 130
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        _say("interrupted")
         return 130
     return 0
 

@@ -97,6 +97,33 @@ def test_bad_input_gives_one_line_error(argv, needle, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+class _Writes:
+    """A stream that keeps each write call apart, as a pipe shared by several processes would."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.calls.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_an_error_line_reaches_stderr_in_one_write(tmp_path, monkeypatch):
+    """torchrun's ranks share one stderr pipe: a message written as text, then newline, can run
+    into another rank's on one line (seen in test_run_ownership's torchrun tests)."""
+    import Experiment
+
+    stream = _Writes()
+    monkeypatch.setattr("sys.stderr", stream)
+    rc = Experiment.main(["-c", "test", "-r", "never_trained", "-d", ".", "--log-path", str(tmp_path), *TINY_FLAGS])
+    assert rc == 2
+    (line,) = [c for c in stream.calls if "error: " in c]
+    assert line.startswith("error: ") and line.endswith("\n") and line.count("\n") == 1, stream.calls
+
+
 def test_a_fresh_interpreter_runs_the_command_line(data, tmp_path):
     """Everything else runs in process; this is the real `python Experiment.py` once."""
     proc = cli_subprocess("-c", "train", "-r", "sub", "-d", str(data), "--category", "bottle",
