@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TextIO
 
 # Before torch loads libgomp: idle OpenMP threads sleep instead of spinning. On a machine where
 # anything else runs, spinning threads wait for descheduled partners and make every step 3-25x
@@ -20,7 +21,7 @@ import sys
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def _say(line: str, file=None) -> None:
+def _say(line: str, file: TextIO | None = None) -> None:
     """One line to stderr (or ``file``) in a single write: torchrun's ranks share one pipe, and
     ``print`` writes the text and its newline separately, so two ranks' lines could run together."""
     out = file or sys.stderr
