@@ -16,8 +16,8 @@ import sys
 from typing import TextIO
 
 # Before torch loads libgomp: idle OpenMP threads sleep instead of spinning. On a machine where
-# anything else runs, spinning threads wait for descheduled partners and make every step 3-25x
-# slower; on an idle one PASSIVE costs 0-18 % (benchmarks/README.md). An explicit setting wins.
+# anything else runs, spinning threads wait for descheduled partners and make every step several
+# times slower; on an idle one PASSIVE costs a little (docs/performance.md). An explicit setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
@@ -48,11 +48,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(argv: list[str] | None) -> int:
     from utils.Argparser import parse_args
-    from utils.errors import Interrupted, TransFusionError
+    from utils.core.errors import Interrupted, TransFusionError
 
     args = parse_args(argv)
-    from utils.allocator import tune_allocator
     from utils.commands import COMMANDS
+    from utils.machine.allocator import tune_allocator
 
     if not tune_allocator(reuse_large_blocks=args.malloc_reuse) and args.malloc_reuse:
         _say("note: --malloc-reuse needs glibc on Linux; ignored")

@@ -6,8 +6,8 @@
     result = det(["new_parts/001.png"])          # paths, RGB uint8 arrays or a [B, C, S, S] tensor
     print(result.scores, result.decisions, result.threshold)
 
-`Detector` (utils/detector.py) is what ``python Experiment.py -c predict`` runs on; `export_onnx`
-(utils/export.py) is ``-c export``. Install with ``pip install -e .`` (``.[export]`` for ONNX).
+`Detector` (utils/inference/detector.py) is what ``python Experiment.py -c predict`` runs on; `export_onnx`
+(utils/deploy/export.py) is ``-c export``. Install with ``pip install -e .`` (``.[export]`` for ONNX).
 
 The project's internals are the top-level packages ``models``, ``data`` and ``utils``: a program
 that has packages of those names itself would hide them, so this module refuses, with one line
@@ -40,7 +40,7 @@ def _own_packages() -> None:
 
 _own_packages()
 
-from utils.detector import Detection, Detector  # noqa: E402  (after the check above)
-from utils.errors import TransFusionError  # noqa: E402
-from utils.export import export_onnx  # noqa: E402
-from utils.thresholds import Threshold  # noqa: E402
+from utils.core.errors import TransFusionError  # noqa: E402  (after the check above)
+from utils.deploy.export import export_onnx  # noqa: E402
+from utils.inference.detector import Detection, Detector  # noqa: E402
+from utils.run.thresholds import Threshold  # noqa: E402

@@ -47,7 +47,7 @@ def make_data(root: Path, n_images: int) -> Path:
 
 
 def net_flags(net: str) -> list[str]:
-    from utils.demo import DEMO_SETTINGS as d
+    from utils.demo.recipe import DEMO_SETTINGS as d
 
     if net == "default":
         return []
@@ -84,7 +84,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "cli_train")
     args = p.parse_args()
     from bench_eval import cpu_name
-    from utils.machine import matmul_gflops
+
+    from utils.machine.yardstick import matmul_gflops
 
     data = make_data(args.out / "data", args.n_images)
     steps = math.ceil(args.n_images / args.bs) * (args.epochs_long - args.epochs_short)

@@ -112,9 +112,10 @@ def build_runner(variant: str, size: int, batch: int, n_channels: int):
     wrapped by ``wrap`` (a StepWrapper factory), and returns the anomaly map."""
     import torch
     from baseline_original import baseline_score, make_baseline
+
+    from models.scoring import ScoringOptions, score_batch
     from models.transparency import TransparencyProcess
     from models.unet import TransFusionUNet, UNetConfig
-    from models.scoring import ScoringOptions, score_batch
 
     torch.manual_seed(0)
     net = TransFusionUNet(UNetConfig(n_channels=n_channels)).eval()
@@ -132,7 +133,7 @@ def build_runner(variant: str, size: int, batch: int, n_channels: int):
         return warm, lambda wrap: baseline_score(wrap(net), process, image, KERNEL, WEIGHT).final
 
     from models.runtime import apply_memory_format
-    from utils.allocator import tune_allocator
+    from utils.machine.allocator import tune_allocator
     tune_allocator()  # as Experiment.py does
     net = apply_memory_format(net, "channels_last" if variant == "channels_last" else "contiguous")
     if variant == "jit_freeze":
@@ -245,14 +246,15 @@ def run_worker_process(cmd: list[str], args: argparse.Namespace, what: str, omp:
 
 # ------------------------------------------------------------------------------ parent helpers
 
-from utils.machine import matmul_gflops  # noqa: E402
+from utils.machine.yardstick import matmul_gflops  # noqa: E402
 
 
 def forward_gflop(size: int, n_channels: int) -> tuple[float, float]:
     """(baseline count = full network, current count = without the CPU SDPA kernel), batch 1."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
     from baseline_original import make_baseline
+    from torch.utils.flop_counter import FlopCounterMode
+
     from models.unet import TransFusionUNet, UNetConfig
 
     torch.manual_seed(0)
@@ -274,8 +276,10 @@ def forward_diffs(size: int, n_channels: int, variants: list[str]) -> dict[str, 
     not depend on mask threshold flips."""
     import copy
     import warnings
+
     import torch
     from baseline_original import make_baseline
+
     from models.unet import TransFusionUNet, UNetConfig
 
     warnings.filterwarnings("ignore", category=FutureWarning)

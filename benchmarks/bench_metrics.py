@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from utils.metrics import pixel_metrics  # noqa: E402
+from utils.evaluation.metrics import pixel_metrics  # noqa: E402
 
 
 def make_data(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

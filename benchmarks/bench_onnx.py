@@ -88,8 +88,8 @@ def build_net(kind: str):
 
 def export_sizes(net, sizes: list[int], folder: Path) -> dict[int, object]:
     """One exported network per image size, opened in ONNX Runtime; the export's own check printed."""
-    from models.onnx_export import export_network
-    from models.onnx_session import OnnxNetwork
+    from utils.deploy.onnx_export import export_network
+    from utils.deploy.onnx_session import OnnxNetwork
 
     out = {}
     for size in sizes:
@@ -148,7 +148,6 @@ def max_diff(a, b) -> float:
 
 def run(args: argparse.Namespace) -> dict:
     import torch
-
     from bench_eval import matmul_gflops
 
     configs = [("pass", s, b) for s in args.sizes for b in args.batches]

@@ -10,7 +10,7 @@ d, in this process (no DataLoader), on synthetic base images, with the built-in 
 it runs without any dataset). One torch thread by default, as in a DataLoader worker.
 
 ``wait``: the share of a training step's wall time spent waiting for data. It does what
-utils/training.py does: ``make_train_loader`` (HalfBatchSampler, SyntheticAnomalyDataset,
+utils/training/feed.py builds: ``make_train_loader`` (HalfBatchSampler, SyntheticAnomalyDataset,
 ``--workers`` persistent worker processes, default prefetch) over ``TrainDataset('folder', ...)``
 reading PNG files written to a temporary folder (``--src-size`` px, 1024 by default like most
 MVTec AD images, resized to ``--size`` on every read), the built-in texture bank, the default rgb

@@ -7,7 +7,7 @@
 
 Network (--net): ``default``, the paper's rgb TransFusionUNet (n_channels 64, ch_mults 1 2 2 2,
 attention at the two lowest levels + middle), or ``demo``, the demo's CPU-sized one
-(utils/demo.py: 32 channels, ch_mults 1 2 2, attention at the lowest level, 1 block per level);
+(utils/demo/recipe.py: 32 channels, ch_mults 1 2 2, attention at the lowest level, 1 block per level);
 random weights (seed 0), float32, train mode, AdamW (lr 1e-5). GFLOP/s: the FLOPs of one
 baseline step (forward + backward, FlopCounterMode at batch 1, times the batch) per second,
 beside the 4096² float32 matmul rate measured at the start and end of the same run.
@@ -53,8 +53,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from bench_eval import (add_worker_options, apply_omp_choice, cpu_name, loadavg,  # noqa: E402
-                        proc_status_kib, run_worker_process)
+from bench_eval import add_worker_options, apply_omp_choice, cpu_name, loadavg, proc_status_kib, run_worker_process  # noqa: E402
 
 VARIANTS = ("current", "baseline", "baseline_spin", "no_recompute", "recompute_1mib", "recompute_4mib", "recompute_16mib",
             "omp_default", "spin_1k", "spin_3k", "spin_10k", "spin_30k", "spin_100k", "channels_last", "malloc_reuse", "bf16")
@@ -64,6 +63,7 @@ STEPS = 20
 def make_batch(size: int, bs: int, seed: int = 3):
     """(process, x_t, t, x0, eps, mask, mask_c) — a fixed synthetic training batch."""
     import torch
+
     from models.transparency import TransparencyProcess
 
     process = TransparencyProcess(STEPS, "rgb")
@@ -87,7 +87,7 @@ def make_batch(size: int, bs: int, seed: int = 3):
 def net_config(net: str, n_channels: int):
     """The UNetConfig of --net default (with --n-channels) or demo."""
     from models.unet import UNetConfig
-    from utils.demo import DEMO_SETTINGS as d
+    from utils.demo.recipe import DEMO_SETTINGS as d
 
     if net == "demo":
         return UNetConfig(n_channels=d["unet_channel_num"], ch_mults=tuple(d["unet_ch_mults"]),
@@ -98,8 +98,9 @@ def net_config(net: str, n_channels: int):
 def step_gflop(net: str, n_channels: int, size: int) -> float:
     """GFLOP of one training step (forward + backward) of the baseline network per image."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
     from baseline_original import make_baseline
+    from torch.utils.flop_counter import FlopCounterMode
+
     from models.losses import transfusion_loss
     from models.unet import TransFusionUNet
 
@@ -115,10 +116,10 @@ def step_gflop(net: str, n_channels: int, size: int) -> float:
 def build_net(variant: str, n_channels: int, net_kind: str = "default"):
     import torch
     from baseline_original import make_baseline
-    from models.unet import TransFusionUNet
 
     from models.runtime import apply_memory_format
-    from utils.allocator import tune_allocator
+    from models.unet import TransFusionUNet
+    from utils.machine.allocator import tune_allocator
 
     torch.manual_seed(0)
     net = TransFusionUNet(net_config(net_kind, n_channels)).train()
@@ -136,6 +137,7 @@ def build_net(variant: str, n_channels: int, net_kind: str = "default"):
 
 def train_step(net, opt, batch, amp: str = "off"):
     import torch
+
     from models.losses import transfusion_loss
     from models.runtime import RuntimeOptions
 
@@ -177,6 +179,7 @@ def worker(args: argparse.Namespace) -> None:
 def check_agreement(size: int = 64, bs: int = 2, n_channels: int = 32) -> dict[str, float]:
     """Losses and gradients of one step, current vs baseline, same weights and batch."""
     import torch
+
     from models.losses import transfusion_loss
 
     batch = make_batch(size, bs)
@@ -234,7 +237,8 @@ def main() -> None:
         args.size, args.repeats = 64, 3
 
     import torch
-    from utils.machine import matmul_gflops
+
+    from utils.machine.yardstick import matmul_gflops
 
     start = time.perf_counter()
     variants = list(dict.fromkeys(["current", "baseline"] + args.variants))

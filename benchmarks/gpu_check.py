@@ -30,13 +30,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-
 from baseline_original import load_reference  # noqa: E402
 from bench_train import make_batch, train_step  # noqa: E402
+
+from models.runtime import RuntimeOptions, apply_memory_format  # noqa: E402
+from models.scoring import score_batch  # noqa: E402
 from models.transparency import TransparencyProcess  # noqa: E402
 from models.unet import TransFusionUNet, UNetConfig  # noqa: E402
-from models.scoring import score_batch  # noqa: E402
-from models.runtime import RuntimeOptions, apply_memory_format  # noqa: E402
 
 STEPS = 20
 

@@ -23,11 +23,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from baseline_original import baseline_reverse, baseline_anomaly_maps, load_reference, make_baseline  # noqa: E402
+from baseline_original import baseline_anomaly_maps, baseline_reverse, load_reference, make_baseline  # noqa: E402
+
 from data.io import read_rgb  # noqa: E402
-from models.transparency import TransparencyProcess  # noqa: E402
 from models.runtime import apply_memory_format  # noqa: E402
 from models.scoring import ScoringOptions, score_batch  # noqa: E402
+from models.transparency import TransparencyProcess  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 

@@ -55,7 +55,7 @@ def ensure_demo_models(log_path: Path, run: str) -> Path:
 def train_bottle(log_path: Path, epochs: int) -> Path:
     """The demo network at 64 px on the real bottle slice (computed foreground masks)."""
     import Experiment
-    from utils.demo import DEMO_SETTINGS
+    from utils.demo.recipe import DEMO_SETTINGS
 
     run = log_path / "step_study_bottle"
     if not (run / "models" / "bottle_model.pkl").is_file():
@@ -78,7 +78,8 @@ def load_category(run: Path, data_root: Path, category: str, size: int):
     from data.datasets import TestDataset
     from models.runtime import RuntimeOptions
     from models.transparency import TransparencyProcess
-    from utils.runs import RunPaths, load_network
+    from utils.run.network import load_network
+    from utils.run.paths import RunPaths
 
     net, meta = load_network(RunPaths(run.parent, run.name), category, "rgb", None, RuntimeOptions(), torch.device("cpu"))
     test = TestDataset("mvtec", data_root, category, "rgb", size)
@@ -91,7 +92,7 @@ def load_category(run: Path, data_root: Path, category: str, size: int):
 
 def accuracy(net, process, images, masks, labels, k: int | None, n: int | None, batch: int = 8) -> dict:
     from models.scoring import ScoringOptions, score_batch
-    from utils.metrics import image_auroc, pixel_metrics
+    from utils.evaluation.metrics import image_auroc, pixel_metrics
 
     options = ScoringOptions(eval_steps=k, early_stop=n)
     finals, scores, steps = [], [], []
@@ -128,7 +129,7 @@ def plot(rows: list[dict], path: Path) -> None:
     """AUROC and AUPRO (y, percent) against time relative to 18 steps (x), one colour per category."""
     import cv2
 
-    from utils.atomic import atomic_write_bytes
+    from utils.core.atomic import atomic_write_bytes
 
     w, h, left, right, top, bottom = 1100, 520, 70, 20, 50, 60
     img = np.full((h, w, 3), 255, np.uint8)
@@ -198,10 +199,9 @@ def main() -> None:
         plot(json.loads((args.out / "study.json").read_text())["rows"], args.out / "study.png")
         return
 
-    from utils.machine import matmul_gflops
-
-    from data.demo import build_demo_dataset
-    from utils.demo import DEMO_DATA, DEMO_SETTINGS
+    from data.demo_dataset import build_demo_dataset
+    from utils.demo.recipe import DEMO_DATA, DEMO_SETTINGS
+    from utils.machine.yardstick import matmul_gflops
 
     mm_start = st.median(matmul_gflops())
     print(f"4096x4096 float32 matmul: {mm_start:.1f} GFLOP/s", flush=True)

@@ -26,13 +26,13 @@ DATASET_CATEGORIES: dict[str, tuple[str, ...]] = {
 }
 
 # The authors' released runs (SPEC §9): the input mode each dataset's run was trained in. Their
-# published per-category results (utils/published/) are for these modes only.
+# published per-category results (utils/reports/published_data/) are for these modes only.
 RELEASED_RUN_MODES: dict[str, str] = {"mvtec": "rgb", "visa": "rgb", "mvtec3d": "rgbd"}
 
 # Texture categories: anomalies may appear anywhere, so the foreground mask is all ones (SPEC §2).
 TEXTURE_CATEGORIES: frozenset[str] = frozenset({"carpet", "grid", "leather", "tile", "wood", "zipper"})
 
-# The built-in demo's categories (data/demo.py), cut from scikit-image's bundled textures; the
+# The built-in demo's categories (data/demo_dataset.py), cut from scikit-image's bundled textures; the
 # built-in anomaly texture bank (data/textures.py) leaves these textures out.
 DEMO_CATEGORIES: tuple[str, ...] = ("brick", "grass", "gravel")
 

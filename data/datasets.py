@@ -16,7 +16,7 @@ from data.depth import check_xyz, depth_range, normalise_depth, preprocess_depth
 from data.discovery import TestSample, check_dataset, find_test_samples, find_train_images
 from data.io import image_hw, read_mask, read_rgb, rgb_array_input
 from models.modes import MODES, has_depth, has_rgb
-from utils.errors import TransFusionError
+from utils.core.errors import TransFusionError
 
 if TYPE_CHECKING:
     from data.fg_masks import FgMaskSource
@@ -142,7 +142,7 @@ class TrainDataset(Dataset):
         parts: list[torch.Tensor] = []
         if has_rgb(self.mode):
             parts.append(read_rgb(self.paths[i], s))
-        if self.mode == "rgb":
+        if not has_depth(self.mode):
             fg = self.fg_masks[self._fg_index[i]].float() if self.fg_masks is not None else torch.ones(1, s, s)
         else:
             depth, plane = self._depth[i]

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import torch
 
-from utils.errors import TransFusionError
+from utils.core.errors import TransFusionError
 
 __all__ = ["read_xyz", "check_xyz", "preprocess_depth", "fill_holes", "depth_range", "normalise_depth",
            "PLANE_DISTANCE"]

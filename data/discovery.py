@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data.catalog import DATASET_CATEGORIES, DATASETS, IMAGE_EXTENSIONS, VISA_CSV, xyz_path_for
-from utils.errors import TransFusionError
+from utils.core.errors import TransFusionError
 
 _VISA_COLUMNS = ("object", "split", "label", "image", "mask")
 # Sub-folder names of the folder layout that cannot be category names.

@@ -41,8 +41,8 @@ from scipy import ndimage
 from data.catalog import TEXTURE_CATEGORIES, xyz_path_for
 from data.depth import preprocess_depth, read_xyz
 from data.io import read_rgb_uint8
-from utils.atomic import atomic_write_bytes, atomic_write_json
-from utils.errors import TransFusionError
+from utils.core.atomic import atomic_write_bytes, atomic_write_json
+from utils.core.errors import TransFusionError
 
 __all__ = ["DEFAULT_FG_MASK_PATH", "FgMaskSource", "compute_fg_mask", "load_released_mask", "released_mask_files"]
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from utils.errors import TransFusionError
+from utils.core.errors import TransFusionError
 
 __all__ = ["read_rgb", "read_rgb_uint8", "rgb_array_input", "read_mask", "image_hw"]
 

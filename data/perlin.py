@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as F
 
-from utils.errors import TransFusionError
+from utils.core.errors import TransFusionError
 
 # Scales are 2**a, 2**b with a, b in {0..MAX_SCALE_EXP}; 2**5 = 32 is why S must be a multiple of 32.
 MAX_SCALE_EXP = 5
@@ -54,13 +54,19 @@ def rand_perlin_2d(shape: tuple[int, int], res: tuple[int, int], rng: np.random.
     return math.sqrt(2.0) * (top + tx * (bottom - top))
 
 
+# The largest working size the command line accepts: far above what the network runs at in
+# practice (256), low enough that a mistyped or hostile value fails here, not in an allocation.
+MAX_IMAGE_SIZE = 2048
+
+
 def check_size(size: int) -> None:
-    """Raise TransFusionError unless `size` is a positive multiple of 32 (needed by the Perlin scales)."""
-    if int(size) != size or size <= 0 or size % SIZE_MULTIPLE:
+    """Raise TransFusionError unless ``size`` is a multiple of 32 (the Perlin scales need it) in
+    32..MAX_IMAGE_SIZE: the one home of the working-size rule."""
+    if isinstance(size, bool) or not isinstance(size, int) or not SIZE_MULTIPLE <= size <= MAX_IMAGE_SIZE \
+            or size % SIZE_MULTIPLE:
         raise TransFusionError(
-            f"image size {size} is not a multiple of {SIZE_MULTIPLE}: anomaly synthesis needs "
-            f"--img-size to be a multiple of {SIZE_MULTIPLE} (e.g. 256)"
-        )
+            f"image size {size!r} is not a multiple of {SIZE_MULTIPLE} in {SIZE_MULTIPLE}..{MAX_IMAGE_SIZE}: "
+            f"anomaly synthesis needs --img-size to be a multiple of {SIZE_MULTIPLE} (e.g. 256)")
 
 
 def rotate_map(p: np.ndarray, angle_deg: float) -> np.ndarray:

@@ -10,7 +10,7 @@ from data.augment import random_augment
 from data.perlin import check_size, perlin_anomaly_map
 from data.textures import TextureSource
 from models.modes import IMAGE_CHANNELS, MODES, has_depth, has_rgb
-from utils.errors import TransFusionError
+from utils.core.errors import TransFusionError
 
 MASK_THRESHOLD = 0.5
 TILE_GRID = 8  # the structure image is shuffled as an 8 x 8 grid of tiles

@@ -13,7 +13,7 @@ from torchvision.transforms.v2 import functional as F
 
 from data.catalog import DEMO_CATEGORIES, skimage_data_dir
 from data.perlin import rand_perlin_2d
-from utils.errors import TransFusionError
+from utils.core.errors import TransFusionError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 # The demo builds its "normal" texture categories from these scikit-image samples, so the

@@ -20,9 +20,10 @@ from typing import Any
 
 import torch
 
+from models.modes import is_two_branch
 from models.unet import TransFusionUNet, UNetConfig
-from utils.atomic import atomic_torch_save
-from utils.errors import TransFusionError
+from utils.core.atomic import atomic_torch_save
+from utils.core.errors import TransFusionError
 
 PREFIX = "model."
 NOT_TRANSFUSION = "not a TransFusion checkpoint (expected keys like model.image_proj.weight)"
@@ -237,7 +238,7 @@ def config_from_state_dict(state_dict: Mapping[str, torch.Tensor],
         attn.append(has_attn)
         group_conv.append(grouped)
         prev = width
-    if mode != "rgbd":
+    if not is_two_branch(mode):
         group_conv = [True] * len(levels)  # no effect outside rgbd; keep the released default
     try:
         return UNetConfig(mode=mode, n_channels=n_channels, ch_mults=tuple(ch_mults), attn=tuple(attn),

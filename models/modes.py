@@ -11,15 +11,20 @@ IMAGE_CHANNELS: dict[str, int] = {"rgb": 3, "d": 1, "rgbd": 4}
 DEFAULT_BASE_WIDTH = 64
 
 
+def is_two_branch(mode: str) -> bool:
+    """rgb and depth in one input (rgbd): the network has an rgb branch and a depth branch."""
+    return has_rgb(mode) and has_depth(mode)
+
+
 def network_width(mode: str, base_width: int) -> int:
     """The UNet's n_channels for ``--unet-channel-num N``: N, but 2N in rgbd, whose two-branch
     network gives each branch N channels (the released code's rule: the default 64 gives 128)."""
-    return 2 * base_width if mode == "rgbd" else base_width
+    return 2 * base_width if is_two_branch(mode) else base_width
 
 
 def base_width(mode: str, n_channels: int) -> int:
     """The ``--unet-channel-num`` that builds a network of ``n_channels`` (inverse of network_width)."""
-    return n_channels // 2 if mode == "rgbd" else n_channels
+    return n_channels // 2 if is_two_branch(mode) else n_channels
 
 
 def rgb_channels(mode: str) -> slice:

@@ -125,11 +125,10 @@ class _NormActConv(torch.autograd.Function):
 
 
 # Inputs smaller than this take plain autograd: recomputing them saves little memory, and the
-# custom Function's fixed cost per call (its own small autograd graph in backward) then shows:
-# the demo's network at 64 px, batch 8, trains 0.94x as long with this threshold as with
-# recomputing everything (benchmarks/README.md), while at 256 px, batch 8, every input of the
-# default network is above it (the memory saving stays whole). Outputs and gradients are
-# bit-identical either way.
+# custom Function's fixed cost per call (its own small autograd graph in backward) then shows
+# on small networks (docs/performance.md), while at 256 px, batch 8, every input of the default
+# network is above it (the memory saving stays whole). Outputs and gradients are bit-identical
+# either way.
 RECOMPUTE_MIN_BYTES = 16 * 2**20
 
 

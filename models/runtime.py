@@ -14,12 +14,12 @@ import torch
 
 AMP_CHOICES = ("off", "bf16", "fp16")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-# contiguous: the original's layout, the default on every device. channels_last: opt-in, ~10 %
-# faster on CPU at 128-256 px, but its other summation order moves logits by float noise, which
-# flips mask pixels that sit near the threshold (README, benchmarks/layout_agreement.py).
+# contiguous: the original's layout, the default on every device. channels_last: opt-in; its
+# other summation order moves logits by float noise, which flips mask pixels that sit near the
+# threshold (benchmarks/layout_agreement.py); its speed: docs/performance.md.
 MEMORY_FORMATS = ("contiguous", "channels_last")
 # Who runs the network: PyTorch (every option below applies), or ONNX Runtime on the file -c export
-# wrote (models/onnx_session.py: the CPU, float32, its own layout; none of the options below applies).
+# wrote (utils/deploy/onnx_session.py: the CPU, float32, its own layout; none of the options below applies).
 BACKENDS = ("torch", "onnxruntime")
 
 

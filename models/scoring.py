@@ -7,6 +7,7 @@ pipeline sits beside its scheduler: evaluation, prediction and the benchmarks al
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from models.modes import rgb_channels
 from models.runtime import RuntimeOptions
 from models.transparency import Network, ReverseResult, TransparencyProcess
+from utils.core.errors import TransFusionError
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,10 @@ class ScoringOptions:
     def schedule(self) -> dict[str, int | None]:
         """The step options, as stored beside a threshold (one is only valid for its schedule)."""
         return {"eval_steps": self.eval_steps, "early_stop": self.early_stop}
+
+
+# The paper's scoring (kernel 7, weight 0.95, every reverse step): the one home of these defaults.
+DEFAULT_SCORING = ScoringOptions()
 
 
 def to_display_range(x: torch.Tensor, mode: str) -> torch.Tensor:
@@ -58,9 +64,18 @@ class AnomalyMaps:
     mask_recon: torch.Tensor   # [B, H, W] float64, unsmoothed
     steps_run: torch.Tensor | None = None  # [B] reverse steps each image ran
 
+    def check_finite(self, names: Sequence[str]) -> None:
+        """A one-line error naming the first image (of ``names``, in batch order) whose map is NaN/inf."""
+        bad = ~torch.isfinite(self.final.flatten(1)).all(dim=1)
+        if bool(bad.any()):
+            first = [n for n, b in zip(names, bad.tolist()) if b]
+            raise TransFusionError(
+                f"the anomaly map of {first[0]} is not finite (NaN/inf) — the checkpoint is probably "
+                f"diverged or corrupt ({len(first)} image(s) in this batch); re-train or use another checkpoint")
 
-def anomaly_maps(image: torch.Tensor, result: ReverseResult, mode: str, kernel_size: int = 7,
-                 weight: float = 0.95) -> AnomalyMaps:
+
+def anomaly_maps(image: torch.Tensor, result: ReverseResult, mode: str,
+                 kernel_size: int = DEFAULT_SCORING.kernel_size, weight: float = DEFAULT_SCORING.weight) -> AnomalyMaps:
     """SPEC §6 scoring: smoothed w·mask_disc + (1−w)·mask_recon, score = max, in float64."""
     inp = to_display_range(image.float(), mode)
     rec = to_display_range(result.x_final.float(), mode)
@@ -73,7 +88,7 @@ def anomaly_maps(image: torch.Tensor, result: ReverseResult, mode: str, kernel_s
 
 
 def score_batch(net: Network, process: TransparencyProcess, images: torch.Tensor,
-                scoring: ScoringOptions = ScoringOptions(), runtime: RuntimeOptions = RuntimeOptions(),
+                scoring: ScoringOptions = DEFAULT_SCORING, runtime: RuntimeOptions = RuntimeOptions(),
                 keep_reconstruction: bool = False) -> tuple[AnomalyMaps, torch.Tensor | None]:
     """Reverse process + SPEC §6 scoring for one batch already on the network's device.
 

@@ -32,13 +32,23 @@ class ReverseResult:
     steps_run: torch.Tensor | None = None  # [B] network passes per image (fewer with early stop)
 
 
+# T: the reverse process runs T − 2 steps, so T < 3 leaves none; the upper bound keeps a
+# mistyped or hostile T from allocating a schedule of millions of steps.
+MIN_STEPS, MAX_STEPS = 3, 1000
+
+
+def check_num_steps(num_steps: int) -> int:
+    """``num_steps`` as T, or ValueError unless it is an integer in MIN_STEPS..MAX_STEPS."""
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not MIN_STEPS <= num_steps <= MAX_STEPS:
+        raise ValueError(f"T (--diffusion-num-steps) must be an integer in {MIN_STEPS}..{MAX_STEPS}, got {num_steps!r}")
+    return num_steps
+
+
 class TransparencyProcess:
     """β schedule, forward blending, the one-step update and the reverse loop for one mode."""
 
     def __init__(self, num_steps: int = 20, mode: str = "rgb") -> None:
-        if num_steps < 3:
-            raise ValueError("--diffusion-num-steps must be at least 3")
-        self.num_steps = num_steps
+        self.num_steps = check_num_steps(num_steps)
         self.mode = mode
         self.beta = torch.linspace(0, 1, num_steps)  # float32, as the original
         self._rgb = rgb_channels(mode)

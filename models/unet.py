@@ -20,9 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.modes import IMAGE_CHANNELS
+from models.modes import IMAGE_CHANNELS, is_two_branch
 from models.recompute import Assemble, norm_act_conv, norm_act_conv_with_shortcut
-
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,7 @@ class UNetConfig:
         if any(w % 32 for w in widths):
             raise ValueError(f"every level width must be a multiple of 32 (GroupNorm(32)); "
                              f"n_channels {self.n_channels} with ch_mults {list(self.ch_mults)} gives {widths}")
-        if self.mode == "rgbd" and self.n_channels % 16:
+        if self.two_branch and self.n_channels % 16:
             raise ValueError("rgbd needs n_channels divisible by 16 (two branches, GroupNorm(8))")
 
     @property
@@ -69,7 +68,7 @@ class UNetConfig:
 
     @property
     def two_branch(self) -> bool:
-        return self.mode == "rgbd"
+        return is_two_branch(self.mode)
 
 
 def _groups(cfg: UNetConfig, level: int) -> int:
@@ -326,7 +325,7 @@ class TransFusionUNet(nn.Module):
         """Whether training keeps norm→SiLU outputs (False) or recomputes them in backward (True).
 
         Both give bit-identical outputs and gradients (models/recompute.py); True, the default,
-        keeps 0.41x the activation bytes for about the same step time.
+        keeps fewer activation bytes for about the same step time (docs/performance.md).
         """
         for m in self.modules():
             if hasattr(m, "recompute"):

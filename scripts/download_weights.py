@@ -43,7 +43,7 @@ if str(REPO) not in sys.path:  # run as a script: make `models` / `utils` import
 
 from data.catalog import DATASET_CATEGORIES, IMAGE_EXTENSIONS, RELEASED_RUN_MODES, TEXTURE_CATEGORIES  # noqa: E402
 from models.checkpoint import config_from_state_dict, load_state_dict_file  # noqa: E402
-from utils.errors import TransFusionError  # noqa: E402
+from utils.core.errors import TransFusionError  # noqa: E402
 
 DRIVE_URL = "https://drive.usercontent.google.com/download"
 RUN_IDS = {

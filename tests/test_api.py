@@ -20,7 +20,7 @@ from PIL import Image
 import transfusion  # the entry point other programs import
 from tests.helpers import REPO, TINY_FLAGS, TINY_SIZE, cli, tiny_tested_run
 from tests.layouts import make_folder
-from utils.errors import TransFusionError
+from utils.core.errors import TransFusionError
 
 
 def _per_image(results: Path) -> dict[str, float]:

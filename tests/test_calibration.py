@@ -13,7 +13,7 @@ import pytest
 
 from tests.helpers import TINY_FLAGS, cli
 from tests.layouts import make_mvtec, make_mvtec3d
-from utils.thresholds import calibrate_threshold
+from utils.inference.calibration_rule import calibrate_threshold
 
 
 def binomial_tail(n: int, a: float, r: int) -> float:
@@ -118,8 +118,8 @@ def test_holdout_leaves_evenly_spaced_images_out_of_training_and_records_them(he
     assert "holding out 4 of 10 training images" in out
 
     from utils.Argparser import parse_args
-    from utils.runs import RunPaths
-    from utils.training_setup import training_data
+    from utils.run.paths import RunPaths
+    from utils.training.feed import training_data
 
     args = parse_args(["-c", "train", "-r", "h2", "-d", str(data), "--category", "bottle", "--log-path",
                        str(logs), "--holdout", "4", *TINY_FLAGS])

@@ -11,17 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from models.checkpoint import (
-    config_from_state_dict,
-    load_state_dict_file,
-    normalize_state_dict,
-    validate_against_model,
-)
+from models.checkpoint import config_from_state_dict, load_state_dict_file, normalize_state_dict, validate_against_model
 from models.unet import TransFusionUNet, UNetConfig
 from tests.checkpoint_fixtures import count_parameters, reference_shapes, synthetic_state_dict
-from utils.atomic import atomic_torch_save
-from utils.errors import TransFusionError
-from utils.runs import check_arch_matches
+from utils.core.atomic import atomic_torch_save
+from utils.core.errors import TransFusionError
+from utils.run.settings import check_arch_matches
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 if not REFERENCE.is_dir():  # the repo may sit elsewhere; /work/shared is where the listings live

@@ -18,15 +18,15 @@ from data.discovery import find_test_samples, find_train_images, resolve_categor
 from data.fg_masks import FgMaskSource
 from data.io import read_rgb
 from tests.layouts import (
-    object_mask,
     defect_mask,
     make_folder,
     make_mvtec,
     make_mvtec3d,
     make_visa_rearranged,
     make_visa_released,
+    object_mask,
 )
-from utils.errors import TransFusionError
+from utils.core.errors import TransFusionError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 REAL_MVTEC = SHARED / "data" / "mvtec_ad"

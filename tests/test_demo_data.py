@@ -1,4 +1,4 @@
-"""Tests for the built-in demo dataset (data/demo.py): MVTec layout, masks, determinism, caching."""
+"""Tests for the built-in demo dataset (data/demo_dataset.py): MVTec layout, masks, determinism, caching."""
 from __future__ import annotations
 
 import itertools
@@ -9,14 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from data.demo import (
-    DEFECT_TYPES,
-    DEMO_CATEGORIES,
-    build_demo_dataset,
-    iter_category_samples,
-    write_preview,
-)
-from utils.errors import TransFusionError
+from data.demo_dataset import DEFECT_TYPES, DEMO_CATEGORIES, build_demo_dataset, iter_category_samples, write_preview
+from utils.core.errors import TransFusionError
 
 # Tiny but complete: every category and defect type, at the demo's training resolution.
 PARAMS = dict(image_size=64, n_train=3, n_test_good=2, n_test_per_defect=2, seed=0)

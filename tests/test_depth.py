@@ -14,7 +14,7 @@ from hypothesis.extra.numpy import arrays
 
 from data.depth import depth_range, fill_holes, normalise_depth, preprocess_depth, read_xyz
 from tests.layouts import OBJECT_Z_OFFSET, object_mask, xyz_scene
-from utils.errors import TransFusionError
+from utils.core.errors import TransFusionError
 
 
 def _plane_xyz(size: int, box: tuple[slice, slice] | None = None, raise_by: float = 0.02) -> np.ndarray:

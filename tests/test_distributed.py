@@ -28,10 +28,10 @@ def _worker(rank: int, world: int, port: int, data: str, logs: str, out: str) ->
     from data.datasets import TestDataset
     from models.transparency import TransparencyProcess
     from utils.Argparser import parse_args
-    from utils.distributed import SINGLE, init_distributed, shutdown
-    from utils.evaluation import EvalSettings, evaluate
-    from utils.runs import RunPaths
-    from utils.training import train_category
+    from utils.evaluation.loop import EvalSettings, evaluate
+    from utils.machine.distributed import SINGLE, init_distributed, shutdown
+    from utils.run.paths import RunPaths
+    from utils.training.trainer import train_category
 
     args = parse_args(["-c", "train", "-r", "ddp", "-d", data, "--category", "bottle", "--log-path", logs,
                        "--epoch-num", "2", *TINY_FLAGS])

@@ -21,7 +21,7 @@ import torch
 from models.checkpoint import config_from_state_dict, load_state_dict_file
 from models.unet import UNetConfig
 from tests.checkpoint_fixtures import synthetic_state_dict
-from utils.errors import TransFusionError
+from utils.core.errors import TransFusionError
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "download_weights.py"

@@ -36,11 +36,10 @@ from data.io import image_hw, read_mask, read_rgb, read_rgb_uint8
 from models.checkpoint import config_from_state_dict, load_state_dict_file, validate_against_model
 from models.unet import UNetConfig
 from tests.checkpoint_fixtures import reference_shapes
-from utils.runs import check_arch_matches
 from tests.helpers import TINY_FLAGS, CliResult, cli
 from tests.layouts import make_mvtec, make_mvtec3d, make_visa_released, scene, xyz_scene
-from utils.errors import TransFusionError
-
+from utils.core.errors import TransFusionError
+from utils.run.settings import check_arch_matches
 
 
 def fuzz(n: int) -> settings:

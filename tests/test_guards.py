@@ -6,15 +6,15 @@ from pathlib import Path
 import pytest
 import torch
 
-import utils.training as training
+import utils.training.trainer as training
 from data.datasets import TestDataset
 from models.transparency import TransparencyProcess
 from tests.helpers import TINY_FLAGS, cli
 from tests.layouts import make_mvtec
 from utils.Argparser import parse_args
-from utils.errors import TransFusionError
-from utils.evaluation import evaluate
-from utils.runs import RunPaths
+from utils.core.errors import TransFusionError
+from utils.evaluation.loop import evaluate
+from utils.run.paths import RunPaths
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from PIL import Image
 
 from data.io import image_hw, read_mask, read_rgb, read_rgb_uint8
 from tests.layouts import defect_mask, scene
-from utils.errors import TransFusionError
+from utils.core.errors import TransFusionError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 BOTTLE = SHARED / "data" / "mvtec_ad" / "bottle"

@@ -9,13 +9,14 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy import ndimage
 from skimage import measure
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from utils import metrics
+from utils.evaluation import metrics as metrics
 
 # ---------------------------------------------------------------------------
 # Slow references

@@ -10,7 +10,6 @@ from models.unet import TransFusionUNet, UNetConfig, UpBlock
 from tests.helpers import TINY_NET
 
 
-
 def tiny(mode: str) -> TransFusionUNet:
     torch.manual_seed(0)
     n = 32 if mode != "rgbd" else 64

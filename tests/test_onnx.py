@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 import torch
 
-from models.onnx_export import export_network
-from models.onnx_session import OnnxNetwork
 from models.scoring import anomaly_maps
 from models.transparency import TransparencyProcess
 from models.unet import TransFusionUNet, UNetConfig
 from tests.helpers import REPO, TINY_FLAGS, TINY_NET, cli, load_reference, tiny_tested_run
-from utils.errors import TransFusionError
+from utils.core.errors import TransFusionError
+from utils.deploy.onnx_export import export_network
+from utils.deploy.onnx_session import OnnxNetwork
 
 # The tests that export or run ONNX need requirements-export.txt (requirements-dev.txt includes it);
 # the refusals and the tests of running without those packages do not.
@@ -346,7 +346,7 @@ def blocked(name, *a, **k):
         raise ModuleNotFoundError(f"No module named {{name!r}}")
     return real(name, *a, **k)
 builtins.__import__ = blocked
-import transfusion, utils.export, utils.onnx_files, models.onnx_export, models.onnx_session, utils.Argparser
+import transfusion, utils.deploy.export, utils.deploy.onnx_files, utils.deploy.onnx_export, utils.deploy.onnx_session, utils.Argparser
 det = transfusion.Detector.from_run({str(logs / 'r')!r}, 'bottle', device='cpu')
 print('scores', len(det([{str(next((data / 'bottle' / 'test' / 'good').iterdir()))!r}]).scores))
 try:

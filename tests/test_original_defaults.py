@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-import utils.training as training
+import utils.training.trainer as training
 from tests.helpers import TINY_FLAGS, TINY_STEPS, cli
 from tests.layouts import make_mvtec, make_mvtec3d
 from utils.Argparser import parse_args
-from utils.config import unet_config
+from utils.run.settings import unet_config
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from utils import metrics
+from utils.evaluation import metrics as metrics
 
 
 def sklearn_ap(maps: np.ndarray, masks: np.ndarray) -> float:

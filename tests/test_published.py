@@ -14,8 +14,9 @@ from models.unet import UNetConfig
 from tests.checkpoint_fixtures import synthetic_state_dict
 from tests.helpers import REPO, TINY_FLAGS, TINY_NET, cli
 from tests.layouts import make_mvtec
-from utils.published_figures import PUBLISHED_DIR, published_figures, published_table
-from utils.reporting import OUTPUT_CSV_COLUMNS, append_output_csv, markdown_table
+from utils.reports.output_csv import OUTPUT_CSV_COLUMNS, append_output_csv
+from utils.reports.published import PUBLISHED_DIR, published_figures, published_table
+from utils.reports.tables import markdown_table
 
 SHARED = REPO.parent / "shared"
 BOTTLE_SLICE = SHARED / "data" / "mvtec_ad"

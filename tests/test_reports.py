@@ -14,7 +14,7 @@ import pytest
 
 from tests.helpers import TINY_FLAGS, cli
 from tests.layouts import make_mvtec, make_mvtec3d
-from utils.report_html import MAX_IMAGE_ROWS, THUMB_SIDE, CategoryPage, ImageRow, render_category_pages
+from utils.reports.html import MAX_IMAGE_ROWS, THUMB_SIDE, CategoryPage, ImageRow, render_category_pages
 
 METRICS = ("image_auroc", "aupro", "pixel_auroc", "pixel_ap", "image_ap", "image_f1_max")
 

@@ -12,6 +12,7 @@ import torch
 
 from tests.helpers import REPO, TINY_FLAGS, cli
 from tests.layouts import make_mvtec
+
 EPOCHS = "4"
 
 

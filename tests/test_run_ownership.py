@@ -90,8 +90,8 @@ def test_a_lock_from_another_host_is_never_broken(data, tmp_path):
 def test_a_test_writing_results_holds_the_results_lock_not_the_training_one(data, tmp_path):
     """-c test runs beside a training (it does not take the train lock) but writes a category's
     results under <run>/results/<category>.lock, which a second writer waits for."""
-    from utils.locks import held
-    from utils.runs import RunPaths
+    from utils.run.locks import held
+    from utils.run.paths import RunPaths
 
     train(data, tmp_path)
     paths = RunPaths(tmp_path, "r")
@@ -100,7 +100,7 @@ def test_a_test_writing_results_holds_the_results_lock_not_the_training_one(data
     assert (tmp_path / "r" / "results" / "bottle" / "summary.json").is_file()
     assert not paths.results_lock("bottle").exists()  # released after writing
     with held(paths.results_lock("bottle"), "another test"):
-        from utils.locks import LockHeld, acquire
+        from utils.run.locks import LockHeld, acquire
 
         with pytest.raises(LockHeld, match="another test"):
             acquire(paths.results_lock("bottle"), "a second test", wait_s=0.3)
@@ -121,8 +121,8 @@ def test_training_again_refuses_to_replace_trained_weights(data, tmp_path):
 
 
 def test_overwrite_refuses_while_a_test_writes_the_results_moving_nothing(data, tmp_path):
-    from utils.locks import held
-    from utils.runs import RunPaths
+    from utils.run.locks import held
+    from utils.run.paths import RunPaths
 
     train(data, tmp_path)
     cli("-c", "test", "-r", "r", *common(data, tmp_path))
@@ -301,8 +301,8 @@ def test_a_truncated_checkpoint_of_ones_own_run_is_not_answered_with_re_download
 
 
 def test_released_weights_that_are_truncated_still_point_to_the_download(data, tmp_path):
-    from models.unet import TransFusionUNet, UNetConfig
     from models.checkpoint import save_released
+    from models.unet import TransFusionUNet, UNetConfig
     from tests.helpers import TINY_NET
 
     weights = tmp_path / "released" / "models" / "bottle_model.pkl"

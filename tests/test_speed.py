@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from models.losses import transfusion_loss
+from models.runtime import apply_memory_format, memory_format
 from models.transparency import TransparencyProcess
 from models.unet import TransFusionUNet, UNetConfig
-from models.runtime import apply_memory_format, memory_format
 from tests.helpers import TINY_NET
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,7 +161,7 @@ def test_channels_last_network_agrees_with_contiguous():
 
 
 def test_allocator_tuning_applies_on_linux_and_keeps_results():
-    code = ("from utils.allocator import tune_allocator as t; import torch; a = [t(), t(), t(True), t()]; "
+    code = ("from utils.machine.allocator import tune_allocator as t; import torch; a = [t(), t(), t(True), t()]; "
             "x = torch.ones(64, 2**20); del x; y = torch.ones(64, 2**20); print(*a, float(y.sum()))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     expected = ["True"] * 4 if sys.platform.startswith("linux") else ["False"] * 4
@@ -170,7 +170,7 @@ def test_allocator_tuning_applies_on_linux_and_keeps_results():
 
 def test_dry_run_memory_estimate_counts_what_autograd_really_saves():
     from utils.Argparser import parse_args
-    from utils.preflight import training_memory_estimate
+    from utils.training.preflight import training_memory_estimate
 
     args = parse_args(["-c", "train", "-r", "x", "-d", "x", "-ds", "mvtec", "--img-size", "64",
                        "--unet-channel-num", "32", "--bs", "2"])

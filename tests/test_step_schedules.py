@@ -158,9 +158,12 @@ def test_cli_schedules_record_steps_and_the_threshold_knows_its_schedule(trained
     assert "stored threshold was made" not in out
 
 
-@pytest.mark.parametrize("flags", [["--eval-steps", "0"], ["--eval-steps", "19"], ["--early-stop", "0"],
-                                   ["--diffusion-num-steps", "5", "--eval-steps", "4"]])
-def test_schedule_flags_are_checked_at_the_door(flags, tmp_path):
-    result = cli("-c", "test", "-r", "x", "-d", str(tmp_path), *flags, check=False)
+@pytest.mark.parametrize("command, flags", [
+    ("train", ["--eval-steps", "0"]), ("test", ["--eval-steps", "0"]), ("train", ["--early-stop", "0"]),
+    ("test", ["--early-stop", "0"]),
+    # against T: -c train checks the T it will train; other commands the run's own T (tests/test_settings.py)
+    ("train", ["--eval-steps", "19"]), ("train", ["--diffusion-num-steps", "5", "--eval-steps", "4"])])
+def test_schedule_flags_are_checked_at_the_door(command, flags, tmp_path):
+    result = cli("-c", command, "-r", "x", "-d", str(tmp_path), *flags, check=False)
     assert result.returncode == 2 and ("--eval-steps" in result.stderr or "--early-stop" in result.stderr)
     assert not (Path("experiments") / "x").exists()

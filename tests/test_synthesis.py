@@ -9,13 +9,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import data.synthesis as synthesis_module
 from data import augment, synthesis
 from data.perlin import perlin_anomaly_map, rand_perlin_2d, rotate_map
-import data.synthesis as synthesis_module
 from data.synthesis import AnomalySynthesizer, choose_tau, depth_perturbation, shuffle_tiles, to_uint8_image
 from data.textures import EXCLUDED_SKIMAGE_STEMS, TextureSource
 from data.training_data import HalfBatchSampler, SyntheticAnomalyDataset, make_train_loader
-from utils.errors import TransFusionError
+from utils.core.errors import TransFusionError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DTD = SHARED / "data" / "dtd"

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from utils import visualize as V
+from utils.evaluation.metrics import pixel_metrics, roc_curve_points
+from utils.reports import figures as V
 
 
 def sample(c: int, size: int = 160, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -111,7 +112,8 @@ def test_roc_curve_of_a_random_detector_follows_the_diagonal(tmp_path: Path) -> 
     labels = rng.random(4000) < 0.5
     scores = rng.random(4000)
     path = tmp_path / "roc.png"
-    V.save_roc_curve(path, scores, labels)
+    fpr, tpr = roc_curve_points(scores, labels)
+    V.save_curve(path, fpr, tpr, "ROC", "false positive rate", "true positive rate")
     img = read(path)
     assert img.shape == (V._PLOT_H, V._PLOT_W, 3)
     on_curve = curve_pixels(img)
@@ -150,12 +152,13 @@ def test_pro_curve_file_and_undefined_case(tmp_path: Path) -> None:
     masks = np.zeros((4, 32, 32), dtype=bool)
     masks[:2, 8:16, 8:20] = True
     maps = rng.random((4, 32, 32)).astype(np.float32) + 0.5 * masks
-    V.save_pro_curve(tmp_path / "pro.png", maps, masks)
+    fpr, pro = pixel_metrics(maps, masks)["pro_curve"]
+    V.save_curve(tmp_path / "pro.png", fpr, pro, "PRO", "false positive rate", "PRO", xlim=(0, 0.3))
     assert curve_pixels(read(tmp_path / "pro.png")).sum() > 200
-    V.save_pro_curve(tmp_path / "none.png", maps, np.zeros_like(masks))
+    assert pixel_metrics(maps, np.zeros_like(masks))["pro_curve"] is None  # undefined: nothing to draw
+    V.save_curve(tmp_path / "none.png", [], [], "PRO", "false positive rate", "PRO", xlim=(0, 0.3))
     assert not curve_pixels(read(tmp_path / "none.png")).any()
-    V.save_roc_curve(tmp_path / "one_class.png", rng.random(5), np.zeros(5))
-    assert read(tmp_path / "one_class.png").shape == (V._PLOT_H, V._PLOT_W, 3)
+    assert read(tmp_path / "none.png").shape == (V._PLOT_H, V._PLOT_W, 3)
 
 
 def test_grid_layout(tmp_path: Path) -> None:

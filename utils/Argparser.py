@@ -11,13 +11,16 @@ import math
 from typing import Sequence
 
 from data.catalog import DATASETS
+from data.perlin import check_size
 from models.modes import MODES, has_depth
 from models.runtime import AMP_CHOICES, BACKENDS, MEMORY_FORMATS
+from models.scoring import DEFAULT_SCORING
+from models.transparency import TransparencyProcess, check_num_steps
 from utils.commands import COMMANDS
-from utils.config import DEFAULT_DIFFUSION_STEPS, DEFAULT_IMG_SIZE, runtime_options, unet_config
-from utils.demo import DEMO_SETTINGS
-from utils.errors import TransFusionError
-from utils.thresholds import DEFAULT_CONFIDENCE
+from utils.core.errors import TransFusionError
+from utils.demo.recipe import DEMO_SETTINGS
+from utils.inference.calibration_rule import DEFAULT_CONFIDENCE
+from utils.run.settings import DEFAULT_DIFFUSION_STEPS, DEFAULT_IMG_SIZE, runtime_options, unet_config
 
 
 def _fraction(text: str) -> float:
@@ -88,12 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "and results move to <run>/replaced-<time>/<category>/ (nothing is deleted)")
     p.add_argument("--visualize", action="store_true", help="write a picture per test image")
     p.add_argument("--seed", type=int, default=3)
-    p.add_argument("--epoch-num", type=int, default=1500)
+    p.add_argument("--epoch-num", type=int, default=1501,
+                   help="epochs to train (1501: the released weights are the model after epoch index 1500)")
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--bs", type=int, default=8, help="training batch size (per process)")
     p.add_argument("--step-size", type=int, default=800, help="StepLR step, in epochs")
     p.add_argument("--gamma", type=float, default=0.1, help="StepLR factor")
-    p.add_argument("--diffusion-num-steps", type=int, default=DEFAULT_DIFFUSION_STEPS)
+    p.add_argument("--diffusion-num-steps", type=int, default=DEFAULT_DIFFUSION_STEPS,
+                   help="train: T; test/predict/calibrate/export take the run's own T (a different one is refused)")
     p.add_argument("--unet-channel-num", type=int, default=None,
                    help="UNet base width N (default 64); rgbd builds the two-branch network of 2N channels")
     p.add_argument("--unet-ch-mults", nargs="+", action=_ListAction, convert=int, default=[1, 2, 2, 2])
@@ -102,9 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unet-group-conv", nargs="+", action=_ListAction, convert=_bool,
                    default=[True, True, True, True])
     p.add_argument("--unet-n-blocks", type=int, default=2)
-    p.add_argument("--img-size", type=int, default=DEFAULT_IMG_SIZE, help="working resolution (multiple of 32)")
-    p.add_argument("--eval-kernel-size", type=int, default=7)
-    p.add_argument("--eval-w", type=float, default=0.95)
+    p.add_argument("--img-size", type=int, default=DEFAULT_IMG_SIZE,
+                   help="train: working resolution (multiple of 32); other commands take the run's own size, "
+                        "and a size given here overrides it (the run says so)")
+    p.add_argument("--eval-kernel-size", type=int, default=DEFAULT_SCORING.kernel_size)
+    p.add_argument("--eval-w", type=float, default=DEFAULT_SCORING.weight)
     p.add_argument("--eval-steps", type=int, default=None, metavar="K",
                    help="test/predict (and evaluation during training): a strided reverse schedule of K "
                         "steps instead of all T-2 (README: 'Fewer reverse steps'); opt-in, changes the scores")
@@ -147,11 +154,12 @@ def _add_project_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "float32; --amp, --memory-format and --compile do not apply)")
     p.add_argument("--memory-format", choices=MEMORY_FORMATS, default="contiguous",
                    help="tensor layout of the network: contiguous (the original's, default) or "
-                        "channels_last (opt-in: ~10%% faster on CPU at 128-256 px, but its other "
-                        "summation order flips near-threshold mask pixels, so scores differ slightly)")
+                        "channels_last (opt-in; its other summation order flips near-threshold mask pixels, so "
+                        "scores differ slightly; whether it is faster depends on the machine and size: "
+                        "docs/performance.md)")
     p.add_argument("--malloc-reuse", action="store_true",
                    help="Linux/glibc: reuse freed memory of every size instead of unmapping large "
-                        "blocks: ~15%% faster CPU training at 256 px, ~26%% more peak memory")
+                        "blocks: faster CPU training at large sizes, for more peak memory (docs/performance.md)")
     p.add_argument("--split-categories", action="store_true",
                    help="under torchrun with --category all: each process trains its own categories "
                         "instead of sharing every category's batches (DistributedDataParallel)")
@@ -166,15 +174,25 @@ def _add_project_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse and check the command line. ``-c demo`` takes the demo recipe's settings
-    (utils/demo.py) as its defaults, so any flag given still wins."""
+    (utils/demo/recipe.py) as its defaults, so any flag given still wins."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.choice == "demo":
         parser.set_defaults(**DEMO_SETTINGS)
         args = parser.parse_args(argv)
         args.data_path = args.demo_path
+    args.given_flags = given_flags(argv)
     _check(parser, args)
     return args
+
+
+def given_flags(argv: Sequence[str] | None) -> frozenset[str]:
+    """The destinations of the flags on the command line itself, told apart from their defaults (a
+    run's own settings win over a default, not over a flag the user typed: utils/run/settings.py)."""
+    probe = build_parser()
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+    return frozenset(vars(probe.parse_args(argv)))
 
 
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -185,20 +203,25 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f"-c {args.choice} needs -d/--data-path")
     if args.choice == "predict" and not args.input:
         parser.error("-c predict needs --input (an image, a folder or a glob)")
-    if args.img_size < 32 or args.img_size % 32:
-        parser.error(f"--img-size must be a positive multiple of 32 (Perlin noise scales), got {args.img_size}")
+    try:
+        check_size(args.img_size)
+        check_num_steps(args.diffusion_num_steps)
+    except (TransFusionError, ValueError) as exc:
+        parser.error(str(exc))
     if has_depth(args.mode) and args.dataset != "mvtec3d":
         parser.error(f"--mode {args.mode} needs depth: use it with -ds mvtec3d")
-    if args.diffusion_num_steps < 3:
-        # the reverse process runs T - 2 steps: T < 3 leaves none (and a traceback after start-up)
-        parser.error(f"--diffusion-num-steps must be at least 3, got {args.diffusion_num_steps}")
     for flag in ("epoch_num", "bs", "eval_kernel_size", "eval_bs", "save_every"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
-    top = args.diffusion_num_steps - 2
-    if args.eval_steps is not None and not 1 <= args.eval_steps <= top:
-        parser.error(f"--eval-steps must be in 1..{top} (T - 2 with --diffusion-num-steps "
-                     f"{args.diffusion_num_steps}), got {args.eval_steps}")
+    if args.eval_steps is not None and args.eval_steps < 1:
+        parser.error(f"--eval-steps must be at least 1, got {args.eval_steps}")
+    if args.eval_steps is not None and args.choice in ("train", "demo"):
+        # training evaluates with the T it trains; other commands check against the run's T
+        # (utils/run/settings.py), once the run is read
+        try:
+            TransparencyProcess(args.diffusion_num_steps).schedule(args.eval_steps)
+        except ValueError as exc:
+            parser.error(f"--eval-steps {args.eval_steps} with --diffusion-num-steps {args.diffusion_num_steps}: {exc}")
     if args.early_stop is not None and args.early_stop < 1:
         parser.error(f"--early-stop must be at least 1, got {args.early_stop}")
     if args.preview_synthesis is not None and args.preview_synthesis < 1:
@@ -249,21 +272,12 @@ def _check_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 
 
 def _check_network(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """The --unet-* lists give one value per level (the length of --unet-ch-mults); a network that
-    training builds from the flags must exist (test/predict read theirs from the checkpoint)."""
-    levels = len(args.unet_ch_mults)
-    if levels < 1 or any(m < 1 for m in args.unet_ch_mults):
-        parser.error(f"--unet-ch-mults needs one multiplier >= 1 per level, got {args.unet_ch_mults}")
-    for flag in ("unet_attn", "unet_group_conv"):
-        values = getattr(args, flag)
-        if len(values) != levels:
-            parser.error(f"--{flag.replace('_', '-')} needs one value per level ({levels}, the length of "
-                         f"--unet-ch-mults), got {len(values)}: {' '.join('T' if v else 'F' for v in values)}")
-    if args.choice in ("train", "demo"):
-        try:
-            unet_config(args)
-        except TransFusionError as exc:
-            parser.error(str(exc))
+    """The --unet-* flags must describe a network (one value per level, widths GroupNorm can take):
+    training builds it; other commands compare the flags given with the checkpoint's."""
+    try:
+        unet_config(args)
+    except TransFusionError as exc:
+        parser.error(str(exc))
 
 
 def _check_ownership(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -10,49 +10,49 @@ from typing import Any, Callable
 
 
 def run_train(args: argparse.Namespace) -> Any:
-    from utils.training import run_train as train
+    from utils.training.command import run_train as train
 
     return train(args)
 
 
 def run_test(args: argparse.Namespace) -> Any:
-    from utils.testing import run_test as test
+    from utils.evaluation.command import run_test as test
 
     return test(args)
 
 
 def run_predict(args: argparse.Namespace) -> Any:
-    from utils.distributed import pick_device
-    from utils.prediction import predict
+    from utils.inference.predict import predict
+    from utils.machine.distributed import pick_device
 
     return predict(args, pick_device(args.device))
 
 
 def run_export(args: argparse.Namespace) -> Any:
-    from utils.export import run_export as export
+    from utils.deploy.export import run_export as export
 
     return export(args)
 
 
 def run_calibrate(args: argparse.Namespace) -> Any:
-    from utils.calibration import run_calibrate as calibrate
+    from utils.inference.calibrate import run_calibrate as calibrate
 
     return calibrate(args)
 
 
 def run_demo(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """The demo recipe (utils/demo.py): its data, then training and testing as -c train and
+    """The demo recipe (utils/demo/recipe.py): its data, then training and testing as -c train and
     -c test do them, then its figure and summary."""
-    from utils import demo
-    from utils.distributed import pick_device
-    from utils.testing import test_categories
-    from utils.training import run_train as train
+    from utils.demo import recipe as demo
+    from utils.evaluation.command import test_categories
+    from utils.machine.distributed import pick_device
+    from utils.training.command import run_train as train
 
     started = time.perf_counter()
     device = pick_device(args.device)
     categories, paths = demo.prepare(args)
     train(args, categories)  # Ctrl-C raises Interrupted after saving: no test of a half-trained model
-    rows = test_categories(args, categories, paths, device)
+    rows = {c: tested.metrics for c, tested in test_categories(args, categories, paths, device).items()}
     demo.report(rows, paths, categories, started, device)
     return rows
 

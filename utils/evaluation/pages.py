@@ -1,0 +1,136 @@
+"""-c test's pages: a category's results/<category>/report.html from its evaluation, and the run's
+results/index.html from every category's summary.json (utils/reports/html.py renders them)."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from models.modes import is_two_branch
+from utils.core.atomic import atomic_write_text
+from utils.evaluation.loop import EvalOutput
+from utils.evaluation.metrics import roc_curve_points
+from utils.reports.figures import render_curve, render_thumbnails
+from utils.reports.html import (
+    THUMB_SIDE,
+    CategoryPage,
+    ImageRow,
+    IndexEntry,
+    ThresholdLine,
+    picture_uri,
+    render_index,
+    thumbnail_uris,
+    write_category_report,
+)
+from utils.reports.published import Comparison
+from utils.run.thresholds import Threshold
+
+
+def threshold_lines(thresholds: Sequence[Threshold], in_use: Threshold | None, scores: np.ndarray,
+                    labels: np.ndarray) -> list[ThresholdLine]:
+    """Each threshold with what it does on the labelled test set: false alarms and missed defects."""
+    good, bad = labels == 0, labels == 1
+    lines = []
+    for t in thresholds:
+        defect = np.array([t.decide(float(s)) == "defect" for s in scores], dtype=bool)
+        lines.append(ThresholdLine(t, t is in_use, int((defect & good).sum()), int(good.sum()),
+                                   int((~defect & bad).sum()), int(bad.sum())))
+    return lines
+
+
+def curves(out: EvalOutput) -> tuple[list[tuple[str, str]], str | None]:
+    """ROC and PRO curves as embedded PNGs, or a note saying why one is absent."""
+    pictures: list[tuple[str, str]] = []
+    notes = []
+    roc = roc_curve_points(out.scores, out.labels)
+    if roc is None:
+        notes.append("no ROC curve: this test set has images of one class only (an ROC curve needs good and "
+                     "defective images)")
+    else:
+        pictures.append(("image ROC", picture_uri(render_curve(
+            roc[0], roc[1], "Image ROC", "false positive rate", "true positive rate",
+            note=f"AUROC {100 * out.metrics['image_auroc']:.2f}"), photo=False)))
+    if out.pro_curve is None:
+        notes.append("no PRO curve: the ground truth has no defective pixel (or no normal one)")
+    else:
+        fpr, pro = out.pro_curve
+        pictures.append(("PRO", picture_uri(render_curve(
+            fpr, pro, "Per-region overlap (PRO)", "false positive rate", "PRO", xlim=(0, 0.3),
+            note=f"AUPRO {100 * out.metrics['aupro']:.2f}"), photo=False)))
+    return pictures, ("; ".join(notes) or None)
+
+
+def image_rows(out: EvalOutput, test_set: Dataset, mode: str, decisions: list[str] | None,
+               map_range: tuple[float, float], progress: bool) -> list[ImageRow]:
+    """One row per test image, its pictures re-read from the test set (in evaluation order)."""
+    rows = []
+    for i in tqdm(range(len(out.paths)), desc="report", disable=not progress, leave=False, unit="image"):
+        item = test_set[i]
+        if item["path"] != out.paths[i]:  # evaluation keeps dataset order; a mismatch is a bug
+            raise RuntimeError(f"report rows out of order: {item['path']} != {out.paths[i]}")
+        pictures = render_thumbnails(item["image"].float().numpy(), out.maps[i], out.masks[i], mode, map_range,
+                                     THUMB_SIDE)
+        rows.append(ImageRow(path=out.paths[i], name=f"{out.defects[i]}/{Path(out.paths[i]).name}",
+                             score=float(out.scores[i]), label=int(out.labels[i]),
+                             decision=decisions[i] if decisions else None, pictures=thumbnail_uris(pictures),
+                             steps=int(out.steps[i])))
+    return rows
+
+
+def write_test_report(folder: Path, title: str, out: EvalOutput, test_set: Dataset, mode: str,
+                      facts: list[tuple[str, str]], thresholds: list[ThresholdLine], decisions: list[str] | None,
+                      comparison: Comparison | None, published_source: str | None, map_range: tuple[float, float],
+                      notes: list[str], progress: bool = False) -> Path:
+    """results/<category>/report.html for one evaluation."""
+    pictures, note = curves(out)
+    columns = ["input", "depth", "heat map", "ground truth"] if is_two_branch(mode) else ["input", "heat map",
+                                                                                      "ground truth"]
+    page = CategoryPage(title=title, facts=facts, columns=columns,
+                        rows=image_rows(out, test_set, mode, decisions, map_range, progress), metrics=out.metrics,
+                        comparison=comparison, published_source=published_source, thresholds=thresholds,
+                        curves=pictures, curves_note=note, notes=notes)
+    return write_category_report(folder, page)
+
+
+def _summaries(results_root: Path) -> list[tuple[Path, dict[str, Any]]]:
+    found = []
+    for p in sorted(results_root.glob("*/summary.json")):
+        try:
+            s = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue  # unreadable: leave it out of the overview
+        if isinstance(s, dict) and isinstance(s.get("metrics"), dict):
+            found.append((p, s))
+    return found
+
+
+def write_run_index(results_root: Path, run: str) -> Path:
+    """results/index.html over every category of the run that has a summary.json."""
+    entries, datasets = [], set()
+    for p, s in _summaries(results_root):
+        datasets.add(f"{s.get('dataset', '?')} / {s.get('mode', '?')}")
+        cmp = Comparison(s["published"], s["delta"]) if s.get("published") else None
+        entries.append(IndexEntry(category=s.get("category", p.parent.name), metrics=s["metrics"], comparison=cmp,
+                                  threshold=s.get("decision_threshold"), n_images=int(s.get("n_images", 0)),
+                                  n_mistakes=s.get("n_mistakes"), report=f"{p.parent.name}/report.html"))
+    facts = [("run", run), ("dataset / mode", ", ".join(sorted(datasets))), ("categories", str(len(entries))),
+             ("written", time.strftime("%Y-%m-%d %H:%M:%S"))]
+    path = results_root / "index.html"
+    atomic_write_text(path, render_index(run, entries, facts))
+    return path
+
+
+def page_facts(run: str, category: str, summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """The facts at the top of a category page."""
+    schedule = summary.get("schedule") or {}
+    steps = ", ".join(f"{k} {v}" for k, v in schedule.items() if v is not None) or "all T − 2 reverse steps"
+    return [("run", run), ("category", category),
+            ("dataset / mode", f"{summary.get('dataset')} / {summary.get('mode')}"),
+            ("checkpoint", str(summary.get("checkpoint"))), ("epoch", str(summary.get("epoch") or "released")),
+            ("images", f"{summary['n_images']} ({summary['n_anomalous']} defective)"), ("step schedule", steps),
+            ("written", time.strftime("%Y-%m-%d %H:%M:%S"))]

@@ -1,0 +1,140 @@
+"""``-c train``: every category of ``--category`` in turn, owned while it trains (its lock, the
+refusal to replace trained weights without --resume or --overwrite), under torchrun shared by
+all ranks or split among them (--split-categories). One category's loop: utils/training/trainer.py.
+"""
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager
+from typing import Any, Iterator
+
+import torch
+
+from models.modes import has_rgb
+from utils.core.errors import Interrupted, TransFusionError
+from utils.machine.distributed import SINGLE, Dist, barrier, gather_objects
+from utils.run.locks import held
+from utils.run.ownership import move_aside, replaced_stamp, start_refusal
+from utils.run.paths import RunPaths
+from utils.training.trainer import TrainOutcome, train_category
+
+
+def _agree(dist: Dist, problem: str | None) -> None:
+    """Every rank raises when any rank has a problem (a collective, so none waits at a barrier)."""
+    problems = [p for p in dict.fromkeys(gather_objects(dist, problem)) if p]
+    if problems:
+        raise TransFusionError("; ".join(problems))
+
+
+def _start_up_checks(args: Any, paths: RunPaths) -> None:
+    """Rank 0, before anything is trained: a writable run folder with room, the textures."""
+    from utils.training.feed import texture_source
+    from utils.training.preflight import check_run_folder, checkpoint_bytes, parameter_count
+
+    check_run_folder(paths, checkpoint_bytes(parameter_count(args), args.keep_last))
+    if has_rgb(args.mode):
+        texture_source(args, announce=True)  # validates --dtd-path now, says what is used
+
+
+@contextmanager
+def _owned(args: Any, paths: RunPaths, categories: list[str], mine: list[str], dist: Dist,
+           own_locks: bool) -> Iterator[None]:
+    """The categories this process trains are its own while it trains them.
+
+    The rank that trains a category holds its ``<run>/models/<category>.train.lock`` (rank 0
+    when all ranks share every category, each rank its own with ``own_locks``); then rank 0
+    refuses to replace trained weights without --resume/--overwrite, and --overwrite moves the
+    old files aside. A refusal on any rank stops every rank."""
+    takes_locks = own_locks or dist.is_main
+    with ExitStack() as locks:
+        problem = None
+        try:
+            if dist.is_main:
+                _start_up_checks(args, paths)
+            if takes_locks:
+                for cat in mine:
+                    locks.enter_context(held(paths.train_lock(cat), f"-c train -r {args.run_name} --category {cat}"))
+        except TransFusionError as exc:
+            problem = str(exc)
+        _agree(dist, problem)
+        # every lock is held now (by this rank or its peers): nobody else can add weights meanwhile
+        _agree(dist, start_refusal(paths, categories, args.resume, args.overwrite) if dist.is_main else None)
+        if args.overwrite:
+            stamp = gather_objects(dist, replaced_stamp(paths) if dist.is_main else None)[0]
+            _agree(dist, _move_aside(paths, mine if takes_locks else [], stamp))
+        barrier(dist)
+        yield
+
+
+def _move_aside(paths: RunPaths, categories: list[str], stamp: str) -> str | None:
+    """--overwrite: each category's old files to ``replaced-<stamp>/``; why not, or None."""
+    try:
+        for cat in categories:
+            if move_aside(paths, cat, stamp):
+                print(f"[{cat}] --overwrite: the previous weights, meta, training states, results, logs and calibration "
+                      f"moved to {paths.replaced(stamp) / cat}")
+    except TransFusionError as exc:
+        return str(exc)
+    return None
+
+
+def _train_each(args: Any, categories: list[str], device: torch.device, paths: RunPaths, dist: Dist,
+                per_category: Dist) -> dict[str, TrainOutcome]:
+    """Train the categories in turn; stop at the first one interrupted by Ctrl-C."""
+    speaks = dist.is_main or per_category is SINGLE
+    if speaks:
+        where = f"{device}" + (f", {dist.world_size} processes" if dist.enabled else "")
+        print(f"training {len(categories)} categor{'y' if len(categories) == 1 else 'ies'} on {where}: "
+              f"{', '.join(categories) or '-'}; run folder {paths.root}")
+    outcomes = {}
+    for cat in categories:
+        outcomes[cat] = outcome = train_category(args, cat, device, paths, per_category)
+        if outcome.interrupted:
+            break
+        if speaks:
+            print(f"[{cat}] trained {outcome.epochs_done} epochs in {outcome.seconds / 60:.1f} min; "
+                  f"weights: {paths.weights(cat)}")
+    return outcomes
+
+
+def run_train(args: Any, categories: list[str] | None = None) -> dict[str, TrainOutcome]:
+    """``-c train``: every category of ``--category`` (or the given list) in turn; under torchrun
+    all ranks share each category, or with --split-categories each rank trains its own.
+
+    Raises `Interrupted` after Ctrl-C saved a checkpoint (the command line exits with 130)."""
+    from data.discovery import resolve_categories
+    from utils.machine.distributed import init_distributed, shutdown
+    from utils.training.feed import texture_source
+    from utils.training.preflight import dry_run
+
+    dist, device = init_distributed(args.device)
+    try:
+        if args.dry_run:
+            if dist.is_main:
+                dry_run(args, device)
+            return {}
+        paths = RunPaths(args.log_path, args.run_name)
+        if categories is None:
+            categories = resolve_categories(args.dataset, args.data_path, args.category)
+        if args.preview_synthesis:
+            if dist.is_main:
+                from utils.training.preview import run_preview
+
+                if has_rgb(args.mode):
+                    texture_source(args, announce=True)
+                run_preview(args, categories, paths)
+            return {}
+        per_category, mine = dist, categories
+        if dist.enabled and args.split_categories:
+            mine, per_category = categories[dist.rank::dist.world_size], SINGLE
+        with _owned(args, paths, categories, mine, dist, own_locks=per_category is SINGLE):
+            outcomes = _train_each(args, mine, device, paths, dist, per_category)
+            barrier(dist)
+        stopped = [o for o in outcomes.values() if o.interrupted]
+        if stopped:
+            cat = stopped[0].category
+            saved = (paths.train_states(cat) or [paths.models])[-1]
+            raise Interrupted(f"[{cat}] checkpoint saved: {saved}; continue with -c train -r {args.run_name} "
+                              f"--category {args.category} --resume" if dist.is_main or per_category is SINGLE else "")
+        return outcomes
+    finally:
+        shutdown(dist)

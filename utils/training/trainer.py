@@ -1,0 +1,301 @@
+"""Training one category (docs/method.md §5): AdamW + StepLR, half-batch synthesis, the four losses.
+
+A run can be killed at any moment and continued with ``--resume``: the training state
+(utils/training/state.py) is saved atomically every ``--save-every`` epochs, on Ctrl-C and at the
+end, and the data order and synthesis of every batch depend only on (seed, epoch, batch), so a
+resumed run continues the very sequence an uninterrupted one would have followed.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from data.datasets import TestDataset
+from data.discovery import find_test_samples, scan_category
+from models.checkpoint import CheckpointError, load_state_dict_file, save_released
+from models.losses import LossTerms, transfusion_loss
+from models.transparency import TransparencyProcess, make_training_input
+from models.unet import TransFusionUNet, UNetConfig
+from utils.core.errors import TransFusionError
+from utils.evaluation.loop import EvalSettings, evaluate
+from utils.machine.distributed import SINGLE, Dist, any_rank, sync_buffers
+from utils.reports.tables import fmt_pct
+from utils.run.meta import build_meta
+from utils.run.paths import RunPaths
+from utils.run.settings import Requested, resolve_settings, runtime_options, scoring_options, unet_config
+from utils.training.feed import TrainingData, check_same_holdout, fg_mask_record, training_data
+from utils.training.state import TrainState
+
+MAX_BAD_STEPS = 5  # consecutive non-finite losses before the run stops
+
+
+@dataclass
+class TrainOutcome:
+    category: str
+    epochs_done: int
+    seconds: float
+    last_metrics: dict[str, Any] | None
+    interrupted: bool = False
+    model: torch.nn.Module | None = None  # the trained network (unwrapped)
+
+
+class _StopFlag:
+    """Turns the first Ctrl-C into a request to checkpoint and stop at the next step boundary.
+
+    It acknowledges the key at once (a step can take a minute on a CPU, and a second Ctrl-C
+    aborts without saving); what was saved is said once, when the run ends (exit status 130)."""
+
+    def __init__(self, announce: bool = True) -> None:
+        self.requested = False
+        self.announce = announce
+        self._previous = None
+
+    def __enter__(self) -> "_StopFlag":
+        def handler(signum, frame):  # noqa: ARG001
+            if self.requested:  # second Ctrl-C: give up immediately
+                raise KeyboardInterrupt
+            self.requested = True
+            if self.announce:
+                print("\nCtrl-C: stopping after this step to save a checkpoint (press Ctrl-C again to abort "
+                      "without saving)", file=sys.stderr)
+
+        try:
+            self._previous = signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not in the main thread
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def evaluates_after(epoch_index: int, every: int) -> bool:
+    """The released schedule: evaluate after the epoch of 0-based index e when e % every == 0
+    (so after the first epoch, and after the 751st with the default 750); 0 means never."""
+    return every > 0 and epoch_index % every == 0
+
+
+def _announce_evaluation(args: Any, category: str, test_set: TestDataset, start_epoch: int, cfg: UNetConfig,
+                         device: torch.device, log: Any) -> None:
+    """Say when the test set will be evaluated during training, and what that costs."""
+    from utils.training.preflight import forward_gflop
+
+    epochs = [e + 1 for e in range(start_epoch, args.epoch_num) if evaluates_after(e, args.eval_epoch_num)]
+    if not epochs:
+        return
+    shown = ", ".join(str(e) for e in epochs[:4]) + (f", ... ({len(epochs)} in all)" if len(epochs) > 4 else "")
+    line = (f"[{category}] evaluating the {len(test_set)} test images after epoch{'s' if len(epochs) > 1 else ''} "
+            f"{shown} (--eval-epoch-num {args.eval_epoch_num}")
+    if device.type == "cpu":
+        steps = len(TransparencyProcess(args.diffusion_num_steps).schedule(args.eval_steps))
+        tflop = steps * forward_gflop(cfg, args.img_size) / 1e3
+        line += (f"); each image costs {steps} network calls, {tflop:.2g} TFLOP, slow on a CPU "
+                 f"(docs/performance.md); --eval-epoch-num 0 turns it off")
+    else:
+        line += "; 0 turns it off)"
+    log(line)
+
+
+class _CategoryTrainer:
+    """One category's training run: the state, the loop, the checkpoints, the logs."""
+
+    def __init__(self, args: Any, category: str, device: torch.device, paths: RunPaths, dist: Dist) -> None:
+        self.args, self.category, self.device, self.paths, self.dist = args, category, device, paths, dist
+        self.progress = not args.quiet and dist.is_main
+        self.log = print if dist.is_main else (lambda *a, **k: None)
+        self.runtime = runtime_options(args)
+        cfg = unet_config(args)
+        if dist.is_main:
+            print(scan_category(args.dataset, args.data_path, category).line())
+        self.data: TrainingData = training_data(args, category, paths, dist)
+        self.meta = build_meta(cfg, args, 0, self.data.depth_norm)
+        self.meta["fg_masks"] = fg_mask_record(args, self.data.fg)
+        if self.data.holdout:
+            self.meta["holdout"] = self.data.holdout
+        self.test_set, self.eval_with = None, None
+        if args.eval_epoch_num > 0 and find_test_samples(args.dataset, args.data_path, category):
+            # scored as -c test will score the run: the settings resolver on the meta being trained
+            self.eval_with = resolve_settings(paths, category, self.meta, cfg, Requested.from_args(args))
+            self.test_set = TestDataset(args.dataset, args.data_path, category, args.mode,
+                                        self.eval_with.image_size, depth_norm=self.eval_with.depth_norm)
+        torch.manual_seed(args.seed)  # the same initial weights on every rank
+        net = self.runtime.place(TransFusionUNet(cfg), device)
+        opt = torch.optim.AdamW(net.parameters(), lr=args.lr)
+        # t and rotation draws: rank 0 uses the seed itself, so one process matches plain training
+        self.state = TrainState(net, opt, torch.optim.lr_scheduler.StepLR(opt, step_size=args.step_size,
+                                                                          gamma=args.gamma),
+                                self.runtime.grad_scaler(device), torch.Generator().manual_seed(args.seed + dist.rank))
+        if args.resume:
+            check_same_holdout(paths, category, self.data.holdout)
+        self.bad_in_a_row = 0
+        self.last_metrics: dict[str, Any] | None = None
+        self.writer: SummaryWriter | None = None
+
+    def resume(self) -> None:
+        cat, paths = self.category, self.paths
+        if self.state.resume(paths, cat, self.dist, self.log):
+            s = self.state
+            self.log(f"[{cat}] resuming at epoch {s.epoch + 1}" + (f", batch {s.batch + 1}" if s.batch else ""))
+            self._repair_weights()
+        elif paths.has_weights(cat):
+            # starting afresh would replace weights that --resume was asked to continue
+            raise TransFusionError(
+                f"--resume: {paths.weights(cat)} has no readable training state in {paths.models} to continue "
+                f"from (released weights, or the states were removed or are damaged); start again with "
+                f"--overwrite (the weights move to {paths.root}/replaced-<time>/) or test them with -c test")
+        else:
+            self.log(f"[{cat}] --resume: no saved training state in {paths.models}, starting afresh")
+
+    def _repair_weights(self) -> None:
+        """Rewrite damaged or missing weights from the training state just loaded (rank 0): a run that
+        is already complete would otherwise keep them damaged."""
+        path = self.paths.weights(self.category)
+        if not self.dist.is_main:
+            return
+        if path.exists():
+            try:
+                load_state_dict_file(path)
+                return
+            except CheckpointError:
+                pass
+        save_released(self.state.net, path)
+        self.log(f"[{self.category}] {path} was damaged or missing: rewritten from the training state "
+                 f"(epoch {self.state.epoch}, batch {self.state.batch})")
+
+    def _networks(self) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """(what the training step calls, what evaluation calls): DDP-wrapped and/or compiled."""
+        net, trained = self.state.net, self.state.net
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            dev = self.device
+            trained = DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
+        forward = self.runtime.callable(trained)
+        return forward, (self.runtime.callable(net) if self.dist.enabled else forward)
+
+    def _step(self, forward: torch.nn.Module, batch: dict[str, torch.Tensor]) -> LossTerms | None:
+        """One optimisation step; None when the loss was non-finite on any rank (step skipped)."""
+        s, dev, process = self.state, self.device, self.data.process
+        ti = make_training_input(process, batch["image"].to(dev), batch["eps"].to(dev), batch["mask"].to(dev),
+                                 batch["mask_c"].to(dev), s.generator)
+        with self.runtime.autocast(dev):
+            eps_hat, x0_hat, logits = forward(torch.cat((ti.x_t, ti.mask_c), 1), ti.t)
+        terms = transfusion_loss(process, ti.x_t, ti.t, ti.x0, ti.eps, ti.mask,
+                                 eps_hat.float(), x0_hat.float(), logits.float())
+        if any_rank(self.dist, not bool(torch.isfinite(terms.total)), dev):
+            # every rank skips together, or DDP's gradient all-reduce would hang
+            self._bad_step(terms)
+            return None
+        self.bad_in_a_row = 0
+        s.optimizer.zero_grad(set_to_none=True)
+        s.scaler.scale(terms.total).backward()
+        s.scaler.step(s.optimizer)
+        s.scaler.update()
+        return terms
+
+    def _bad_step(self, terms: LossTerms) -> None:
+        self.bad_in_a_row += 1
+        self.log(f"[{self.category}] warning: non-finite loss at epoch {self.state.epoch + 1}, batch "
+                 f"{self.state.batch + 1} ({terms.as_dict()}); step skipped")
+        if self.bad_in_a_row >= MAX_BAD_STEPS:
+            raise TransFusionError(
+                f"{MAX_BAD_STEPS} non-finite losses in a row in category {self.category}: stopped; the last "
+                f"good checkpoint is in {self.paths.models} (try a lower --lr, then --resume)")
+        self.state.optimizer.zero_grad(set_to_none=True)
+
+    def _epoch(self, forward: torch.nn.Module, stop: _StopFlag) -> dict[str, float] | None:
+        """The rest of epoch ``state.epoch``: mean loss terms, or None when stopped by Ctrl-C."""
+        s, loader = self.state, self.data.loader
+        loader.batch_sampler.set_epoch(s.epoch, start_batch=s.batch)
+        s.net.train()
+        sums: dict[str, float] = {}
+        n_done = 0
+        bar = tqdm(loader, desc=f"[{self.category}] epoch {s.epoch + 1}/{self.args.epoch_num}",
+                   disable=not self.progress, leave=False, unit="batch", total=len(loader) - s.batch)
+        for batch in bar:
+            terms = self._step(forward, batch)
+            s.batch += 1
+            if terms is not None:
+                n_done += 1
+                for k, v in terms.as_dict().items():
+                    sums[k] = sums.get(k, 0.0) + v
+                bar.set_postfix(loss=f"{terms.total.item():.4f}")
+            if terms is not None and any_rank(self.dist, stop.requested, self.device):
+                sync_buffers(s.net, self.dist)
+                self.meta.update(epoch=s.epoch)
+                s.save(self.paths, self.category, self.args.keep_last, self.meta, self.dist)
+                return None  # run_train says what was saved, once
+        return {k: v / max(1, n_done) for k, v in sums.items()}
+
+    def _end_of_epoch(self, losses: dict[str, float], evaluator: torch.nn.Module) -> None:
+        s, args = self.state, self.args
+        epoch_index = s.epoch
+        s.epoch, s.batch = s.epoch + 1, 0
+        sync_buffers(s.net, self.dist)
+        s.scheduler.step()
+        if self.writer:
+            for k, v in losses.items():
+                self.writer.add_scalar(f"loss/{k}", v, s.epoch)
+            self.writer.add_scalar("lr", s.optimizer.param_groups[0]["lr"], s.epoch)
+        if self.progress and losses:
+            tqdm.write(f"[{self.category}] epoch {s.epoch}: loss {losses['total']:.4f}")
+        self.meta.update(epoch=s.epoch)
+        if s.epoch % args.save_every == 0 or s.epoch == args.epoch_num:
+            s.save(self.paths, self.category, args.keep_last, self.meta, self.dist)
+        if self.test_set is not None and evaluates_after(epoch_index, args.eval_epoch_num):
+            self._evaluate(evaluator)
+
+    def _evaluate(self, evaluator: torch.nn.Module) -> None:
+        settings = EvalSettings(scoring=scoring_options(self.args), runtime=self.runtime,
+                                batch_size=self.args.eval_bs, workers=0)
+        out = evaluate(evaluator, self.eval_with.process, self.test_set, self.device, settings, dist=self.dist,
+                       progress=self.progress, desc=f"[{self.category}] evaluate")
+        self.last_metrics = out.metrics
+        if self.writer:
+            for k, v in out.metrics.items():
+                if isinstance(v, float):
+                    self.writer.add_scalar(f"eval/{k}", v, self.state.epoch)
+        if self.dist.is_main:
+            tqdm.write(f"[{self.category}] epoch {self.state.epoch}: image AUROC "
+                       f"{fmt_pct(out.metrics['image_auroc'])}, AUPRO {fmt_pct(out.metrics['aupro'])}")
+
+    def run(self) -> TrainOutcome:
+        s, args = self.state, self.args
+        if s.epoch >= args.epoch_num:
+            self.log(f"[{self.category}] already trained for {s.epoch} epochs (--epoch-num {args.epoch_num})")
+            return TrainOutcome(self.category, s.epoch, 0.0, None)
+        if self.test_set is not None:
+            _announce_evaluation(args, self.category, self.test_set, s.epoch, s.net.cfg,
+                                 self.device, self.log)
+        forward, evaluator = self._networks()
+        self.writer = SummaryWriter(str(self.paths.tensorboard(self.category))) if self.dist.is_main else None
+        t0 = time.perf_counter()
+        try:
+            with _StopFlag(announce=self.dist.is_main) as stop:
+                while s.epoch < args.epoch_num:
+                    losses = self._epoch(forward, stop)
+                    if losses is None:
+                        return TrainOutcome(self.category, s.epoch, time.perf_counter() - t0, self.last_metrics,
+                                            True, s.net)
+                    self._end_of_epoch(losses, evaluator)
+        finally:
+            if self.writer:
+                self.writer.close()
+        return TrainOutcome(self.category, args.epoch_num, time.perf_counter() - t0, self.last_metrics, model=s.net)
+
+
+def train_category(args: Any, category: str, device: torch.device, paths: RunPaths,
+                   dist: Dist = SINGLE) -> TrainOutcome:
+    """Train one category; with ``dist`` enabled, as one rank of DistributedDataParallel."""
+    trainer = _CategoryTrainer(args, category, device, paths, dist)
+    if args.resume:
+        trainer.resume()
+    return trainer.run()
