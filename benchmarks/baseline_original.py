@@ -16,7 +16,7 @@ project's network, with the same parameters, so that time and memory can be comp
     python benchmarks/baseline_original.py          # agreement check, small input
 
 The check compares baseline and current outputs (network outputs, one reverse pass and
-the anomaly map) and, when ``../shared/reference/reference_rgb.pt.xz`` is present, the
+the anomaly map) and, from ``tests/fixtures/reference/reference_rgb.pt.xz``, the
 baseline against the original's stored outputs; tolerance 1e-4 throughout.
 """
 from __future__ import annotations
@@ -196,7 +196,7 @@ def check_agreement(size: int = 32, batch: int = 2, n_channels: int = 32, atol: 
 
 def check_reference(atol: float = 1e-4, verbose: bool = True) -> dict[str, float] | None:
     """Baseline vs the original's stored outputs (``reference_rgb.pt.xz``), if present."""
-    path = ROOT.parent / "shared" / "reference" / "reference_rgb.pt.xz"
+    path = ROOT / "tests" / "fixtures" / "reference" / "reference_rgb.pt.xz"
     if not path.exists():
         if verbose:
             print(f"(no {path}; reference check skipped)")

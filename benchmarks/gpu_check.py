@@ -5,9 +5,9 @@
 
 What it measures, in this order (each part is timed and written to the JSON as soon as it is done,
 so a run cut short still leaves what it measured):
-1. correctness: the reference rgb network (../shared/reference/reference_rgb.pt.xz) run on the
+1. correctness: the reference rgb network (tests/fixtures/reference/reference_rgb.pt.xz) run on the
    device: forward and free-running reverse pass against the stored outputs of the original
-   (tolerances of ../shared/reference/README.md: 1e-4), in float32 with TF32 off;
+   (tolerances of tests/fixtures/reference/README.md: 1e-4), in float32 with TF32 off;
 2. training steps/s at ``--size`` px, batch ``--bs`` (default 256, 8): float32 (TF32 off, as the
    original), float32 with TF32 on, bf16 autocast; contiguous and channels_last layouts;
    recomputation of norm→SiLU on and off; peak device memory of each;
@@ -56,9 +56,9 @@ def reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def check_reference(device: torch.device, shared: Path) -> dict:
+def check_reference(device: torch.device, reference: Path) -> dict:
     """Reference weights on the device vs the original's stored outputs (as tests/test_reference.py)."""
-    path = shared / "reference" / "reference_rgb.pt.xz"
+    path = reference / "reference_rgb.pt.xz"
     if not path.exists():
         return {"skipped": f"{path} not found"}
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -126,7 +126,7 @@ def main() -> None:
     p.add_argument("--bs", type=int, default=8)
     p.add_argument("--train-steps", type=int, default=10)
     p.add_argument("--eval-passes", type=int, default=3)
-    p.add_argument("--shared", default=str(ROOT.parent / "shared"))
+    p.add_argument("--reference", default=str(ROOT / "tests" / "fixtures" / "reference"))
     p.add_argument("--out", default="gpu_check.json")
     args = p.parse_args()
     device = torch.device(args.device)
@@ -145,7 +145,7 @@ def main() -> None:
         print(key, json.dumps(report[key]), flush=True)
         Path(args.out).write_text(json.dumps(report, indent=1))
 
-    record("reference", check_reference, device, Path(args.shared))
+    record("reference", check_reference, device, Path(args.reference))
     for amp, tf32 in (("off", False), ("off", True), ("bf16", False)):
         for layout in ("contiguous", "channels_last"):
             record(f"train_{amp}_{'tf32_' if tf32 else ''}{layout}", time_train, device, args.size, args.bs,

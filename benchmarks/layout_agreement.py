@@ -3,7 +3,7 @@
     python benchmarks/layout_agreement.py            # 5 bottle test images at 256 px, ~7 min on 2 cores
     python benchmarks/layout_agreement.py --n 12 --size 256
 
-The rgb reference weights (``../shared/reference/reference_rgb.pt.xz``, the original's own
+The rgb reference weights (``tests/fixtures/reference/reference_rgb.pt.xz``, the original's own
 32-channel network) run the full 18-step reverse pass on the real MVTec AD bottle slice
 (``../shared/data/mvtec_ad/bottle/test``) four ways: the original-style baseline
 (benchmarks/baseline_original.py: einsum attention, no_grad loop, scipy scoring; contiguous
@@ -55,7 +55,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=256)
     args = p.parse_args()
     torch.set_num_threads(torch.get_num_threads())
-    ref, net = load_reference(SHARED / "reference" / "reference_rgb.pt.xz")
+    ref, net = load_reference(ROOT / "tests" / "fixtures" / "reference" / "reference_rgb.pt.xz")
     net.eval()
     process = TransparencyProcess(20, "rgb")
     images = sorted((SHARED / "data" / "mvtec_ad" / "bottle" / "test").glob("*/*.png"))

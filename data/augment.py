@@ -1,4 +1,4 @@
-"""The ten appearance augmentations of the anomaly source (SPEC §2), as tensor ops.
+"""The ten appearance augmentations of the anomaly source (docs/method.md §2), as tensor ops.
 
 Each op takes a uint8 tensor [3, H, W] and a numpy Generator and returns a new uint8 tensor
 of the same shape. They reproduce the imgaug augmenters of the original code:

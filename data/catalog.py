@@ -25,11 +25,11 @@ DATASET_CATEGORIES: dict[str, tuple[str, ...]] = {
     ),
 }
 
-# The authors' released runs (SPEC §9): the input mode each dataset's run was trained in. Their
+# The authors' released runs (docs/method.md §9): the input mode each dataset's run was trained in. Their
 # published per-category results (utils/reports/published_data/) are for these modes only.
 RELEASED_RUN_MODES: dict[str, str] = {"mvtec": "rgb", "visa": "rgb", "mvtec3d": "rgbd"}
 
-# Texture categories: anomalies may appear anywhere, so the foreground mask is all ones (SPEC §2).
+# Texture categories: anomalies may appear anywhere, so the foreground mask is all ones (docs/method.md §2).
 TEXTURE_CATEGORIES: frozenset[str] = frozenset({"carpet", "grid", "leather", "tile", "wood", "zipper"})
 
 # The built-in demo's categories (data/demo_dataset.py), cut from scikit-image's bundled textures; the

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 def model_input(image_path: Path, mode: str, size: int, depth_norm: tuple[float, float] | None = None,
                 xyz_path: Path | None = None) -> torch.Tensor:
-    """The network's [C, S, S] input for one image (SPEC §1): rgb in [-1, 1] and/or the
+    """The network's [C, S, S] input for one image (docs/method.md §1): rgb in [-1, 1] and/or the
     normalised depth of its point cloud (``xyz_path``, by default MVTec 3D-AD's place for it)."""
     parts: list[torch.Tensor] = []
     if has_rgb(mode):

@@ -1,10 +1,10 @@
-"""MVTec 3D-AD point clouds → the depth channel TransFusion sees (SPEC §1 "Depth").
+"""MVTec 3D-AD point clouds → the depth channel TransFusion sees (docs/method.md §1 "Depth").
 
 Pipeline per file: :func:`read_xyz` → :func:`preprocess_depth` (nearest resize, two
 hole-filling passes of the raw z; separately the background-plane mask) → over the raw,
 full-size training z :func:`depth_range` → per image :func:`normalise_depth`.
 
-The plane mask only says where synthetic anomalies may be placed (SPEC §2); the network's
+The plane mask only says where synthetic anomalies may be placed (docs/method.md §2); the network's
 input is the whole measured z, background table included, exactly as the released weights
 were trained on (on MVTec 3D-AD the table reads about −0.35…−0.5 after normalisation).
 
@@ -27,7 +27,7 @@ from utils.core.errors import TransFusionError
 __all__ = ["read_xyz", "check_xyz", "preprocess_depth", "fill_holes", "depth_range", "normalise_depth",
            "PLANE_DISTANCE"]
 
-# Points farther than this from the fitted background plane are foreground (SPEC §1).
+# Points farther than this from the fitted background plane are foreground (docs/method.md §1).
 PLANE_DISTANCE = 0.005
 
 
@@ -126,7 +126,7 @@ def fill_holes(depth: np.ndarray, passes: int = 2) -> np.ndarray:
 
 
 def preprocess_depth(xyz: np.ndarray, size: int, name: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """xyz HxWx3 → (depth SxS float32, plane_mask SxS float32 0/1), following SPEC §1.
+    """xyz HxWx3 → (depth SxS float32, plane_mask SxS float32 0/1), following docs/method.md §1.
 
     ``depth`` is the whole raw z (background included) after two hole-filling passes, still
     in the file's units (see :func:`normalise_depth`); ``plane_mask`` marks the object, off

@@ -1,4 +1,4 @@
-"""Finding a dataset's samples on disk, in the four layouts (SPEC §8).
+"""Finding a dataset's samples on disk, in the four layouts (docs/method.md §8).
 
 - ``mvtec``   MVTec AD: ``<cat>/train/good/*.png``, ``<cat>/test/<defect>/*.png``,
   ``<cat>/ground_truth/<defect>/<name>_mask.png``.

@@ -1,4 +1,4 @@
-"""Foreground masks F that restrict where synthetic anomalies are drawn (SPEC §2).
+"""Foreground masks F that restrict where synthetic anomalies are drawn (docs/method.md §2).
 
 Which categories get a mask:
 
@@ -55,7 +55,7 @@ _MANIFEST = "fg_masks.json"
 _PLAUSIBLE = (0.02, 0.98)
 _TEXTURE_WEIGHT = 3.0  # Lab units per unit of local lightness std
 _MIN_DISTANCE = 4.0  # Lab units; below this a difference is noise
-_DILATE = np.ones((5, 5), np.uint8)  # the released masks are dilated with a 5x5 kernel (SPEC §2)
+_DILATE = np.ones((5, 5), np.uint8)  # the released masks are dilated with a 5x5 kernel (docs/method.md §2)
 
 
 def _encode_png(arr: np.ndarray) -> bytes:
@@ -66,7 +66,7 @@ def _encode_png(arr: np.ndarray) -> bytes:
 
 
 def load_released_mask(path: str | os.PathLike, img_size: int) -> np.ndarray:
-    """One released mask → SxS uint8 0/1, as the released code reads it (SPEC §2): 8-bit
+    """One released mask → SxS uint8 0/1, as the released code reads it (docs/method.md §2): 8-bit
     colour read, OpenCV linear resize (no antialiasing), grey, /255 > 0.5, 5x5 dilation."""
     p = Path(path)
     arr = cv2.imread(str(p), cv2.IMREAD_COLOR)  # 8-bit BGR whatever the file's depth

@@ -1,4 +1,4 @@
-"""Reading images and ground-truth masks exactly as SPEC §1 prescribes.
+"""Reading images and ground-truth masks exactly as docs/method.md §1 prescribes.
 
 RGB: resize to S×S with PIL bilinear (what torchvision ``Resize`` does on a PIL
 image), then ``(v/255 - 0.5) * 2``.  Masks: binarise (any non-zero → 255, since
@@ -158,7 +158,7 @@ def _to_uint8_range(arr: np.ndarray) -> np.ndarray:
     finite = a[np.isfinite(a)]  # NaN/inf must not decide the scale (nor make numpy warn)
     top = float(finite.max()) if finite.size else 0.0
     if arr.dtype == np.uint16 or (arr.dtype.kind in "iu" and a.size and top > 255):
-        a = a / 257.0  # 65535 → 255 exactly, as SPEC asks for 16-bit images
+        a = a / 257.0  # 65535 → 255 exactly, as docs/method.md §1 asks for 16-bit images
     elif arr.dtype.kind == "f" and top <= 1.0:
         a = a * 255.0  # float images conventionally hold 0..1
     elif arr.dtype.kind == "f" and top > 255.0:
@@ -191,7 +191,7 @@ def read_rgb_uint8(path: str | os.PathLike) -> np.ndarray:
 
 
 def read_rgb(path: str | os.PathLike, size: int) -> torch.Tensor:
-    """Read an image as a float32 [3, size, size] tensor in [-1, 1] (SPEC §1).
+    """Read an image as a float32 [3, size, size] tensor in [-1, 1] (docs/method.md §1).
 
     Resizing happens on the 8-bit PIL image, bilinear, exactly like torchvision's
     ``Resize`` on a PIL image; grayscale is resized first and stacked afterwards,
@@ -213,7 +213,7 @@ def rgb_array_input(rgb: np.ndarray, size: int, name: str = "image array") -> to
 
 
 def _network_rgb(im: Image.Image, size: int) -> torch.Tensor:
-    """An 8-bit 'L' or 'RGB' PIL image → float32 [3, size, size] in [-1, 1] (SPEC §1)."""
+    """An 8-bit 'L' or 'RGB' PIL image → float32 [3, size, size] in [-1, 1] (docs/method.md §1)."""
     im = im.resize((int(size), int(size)), Image.BILINEAR)
     arr = np.asarray(im, dtype=np.float32)
     if arr.ndim == 2:
@@ -260,7 +260,7 @@ def _nonzero_mask(im: Image.Image) -> np.ndarray:
 def read_mask(
     path: str | os.PathLike, size: int, expected_hw: tuple[int, int] | None = None
 ) -> torch.Tensor:
-    """Read a ground-truth mask as float32 [1, size, size] holding 0/1 (SPEC §1, §8).
+    """Read a ground-truth mask as float32 [1, size, size] holding 0/1 (docs/method.md §1, §8).
 
     Binarise first (non-zero → 255; covers VisA's value-1 masks, MVTec 3D-AD's 253
     and 16-bit masks), bilinear resize, then anomalous iff resized value > 0.5.

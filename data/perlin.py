@@ -1,4 +1,4 @@
-"""2-D Perlin noise and the rotated Perlin map that shapes synthetic anomalies (SPEC §2)."""
+"""2-D Perlin noise and the rotated Perlin map that shapes synthetic anomalies (docs/method.md §2)."""
 from __future__ import annotations
 
 import math
@@ -24,7 +24,7 @@ def rand_perlin_2d(shape: tuple[int, int], res: tuple[int, int], rng: np.random.
 
     One random unit gradient per lattice point, quintic fade. The sum is scaled by sqrt(2)
     (as the DRAEM/TransFusion code does) so that values span about [-1, 1]; the 0.5 mask
-    threshold of SPEC §2 is relative to that scale.
+    threshold of docs/method.md §2 is relative to that scale.
     """
     h, w = int(shape[0]), int(shape[1])
     ry, rx = int(res[0]), int(res[1])
@@ -81,7 +81,7 @@ def rotate_map(p: np.ndarray, angle_deg: float) -> np.ndarray:
 
 
 def perlin_anomaly_map(size: int, rng: np.random.Generator) -> np.ndarray:
-    """The SPEC §2 Perlin map: size x size float32 noise with scales (2^a, 2^b), a, b ~ U{0..5},
+    """The docs/method.md §2 Perlin map: size x size float32 noise with scales (2^a, 2^b), a, b ~ U{0..5},
     rotated by an angle ~ U(-90, 90) degrees about the centre (bilinear, zero fill)."""
     check_size(size)
     a, b = rng.integers(0, MAX_SCALE_EXP + 1, size=2)

@@ -1,4 +1,4 @@
-"""Synthetic anomalies for training (SPEC §2): Perlin-shaped masks filled with a texture or a
+"""Synthetic anomalies for training (docs/method.md §2): Perlin-shaped masks filled with a texture or a
 shuffled-tile copy of the image (rgb), or with a smooth depth bump/dent (d), or both (rgbd)."""
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def to_uint8_image(rgb: Tensor) -> Tensor:
 
 
 def depth_perturbation(p: np.ndarray) -> np.ndarray:
-    """The depth change inside the mask, rising from 0 at the mask's edge (SPEC §2).
+    """The depth change inside the mask, rising from 0 at the mask's edge (docs/method.md §2).
 
     Positive hills (P − 0.5 where P > 0.5) and negative ones (P + 0.5 where P < −0.5) are
     each divided by their own largest magnitude, so they span 0..1 and −1..0, times 0.1.
@@ -74,7 +74,7 @@ def depth_perturbation(p: np.ndarray) -> np.ndarray:
 
 
 class AnomalySynthesizer:
-    """Makes one synthetic anomaly (eps, M, M_c) for a training sample, per SPEC §2.
+    """Makes one synthetic anomaly (eps, M, M_c) for a training sample, per docs/method.md §2.
 
     M_c is returned as synthesised; the training step zeroes it for samples whose t == T-1
     (it depends on t, which is drawn there, not here).

@@ -1,4 +1,4 @@
-"""The released checkpoint format, end to end (SPEC §4, §9): save, load safely, the ``model.``
+"""The released checkpoint format, end to end (docs/method.md §4, §9): save, load safely, the ``model.``
 prefix, and the architecture read back from the shapes into a `UNetConfig`.
 
 The released weights are `torch.save`d state dicts of the whole TransFusion module, so

@@ -1,4 +1,4 @@
-"""The training objective (SPEC §5): anomaly, mask, normal-appearance and step-consistency terms."""
+"""The training objective (docs/method.md §5): anomaly, mask, normal-appearance and step-consistency terms."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -5,7 +5,7 @@ Imports nothing (not even torch), so the command-line parser and every layer can
 from __future__ import annotations
 
 MODES: tuple[str, ...] = ("rgb", "d", "rgbd")
-# Channels of x_t per mode: rgb 3, depth 1, rgb + depth 4 (SPEC §1).
+# Channels of x_t per mode: rgb 3, depth 1, rgb + depth 4 (docs/method.md §1).
 IMAGE_CHANNELS: dict[str, int] = {"rgb": 3, "d": 1, "rgbd": 4}
 # --unet-channel-num's default, the paper's N.
 DEFAULT_BASE_WIDTH = 64

@@ -12,7 +12,7 @@ would keep that concatenation (for the norm and the 1×1 shortcut conv), a copy 
 that is kept anyway. There the input is given as its parts plus the function that assembles
 them, the shortcut conv is computed in the same step, and only the parts are kept.
 
-Gradients are bit-identical to plain autograd (`tests/test_speed.py` checks `torch.equal`),
+Gradients are bit-identical to plain autograd (`tests/models/test_recompute.py` checks `torch.equal`),
 and the BatchNorm running statistics are updated once, in the forward. Measured: the default
 network keeps about a third of the activation bytes; a 256 px batch-8 CPU training step peaks
 at about half the memory of the original's and is no slower (benchmarks/README.md).

@@ -1,4 +1,4 @@
-"""Scoring a batch (SPEC §6): the reverse process, then the anomaly maps and image scores.
+"""Scoring a batch (docs/method.md §6): the reverse process, then the anomaly maps and image scores.
 
 This is the pipeline that sits beside the scheduler (models/transparency.py), as a diffusers
 pipeline sits beside its scheduler: evaluation, prediction and the benchmarks all call
@@ -76,7 +76,7 @@ class AnomalyMaps:
 
 def anomaly_maps(image: torch.Tensor, result: ReverseResult, mode: str,
                  kernel_size: int = DEFAULT_SCORING.kernel_size, weight: float = DEFAULT_SCORING.weight) -> AnomalyMaps:
-    """SPEC §6 scoring: smoothed w·mask_disc + (1−w)·mask_recon, score = max, in float64."""
+    """docs/method.md §6 scoring: smoothed w·mask_disc + (1−w)·mask_recon, score = max, in float64."""
     inp = to_display_range(image.float(), mode)
     rec = to_display_range(result.x_final.float(), mode)
     recon = ((inp - rec) ** 2).mean(dim=1, keepdim=True).double()
@@ -90,7 +90,7 @@ def anomaly_maps(image: torch.Tensor, result: ReverseResult, mode: str,
 def score_batch(net: Network, process: TransparencyProcess, images: torch.Tensor,
                 scoring: ScoringOptions = DEFAULT_SCORING, runtime: RuntimeOptions = RuntimeOptions(),
                 keep_reconstruction: bool = False) -> tuple[AnomalyMaps, torch.Tensor | None]:
-    """Reverse process + SPEC §6 scoring for one batch already on the network's device.
+    """Reverse process + docs/method.md §6 scoring for one batch already on the network's device.
 
     Returns the maps and, when asked, the reconstruction (the image with its anomalies made
     transparent). A batch gives the same numbers as one image at a time (within 1e-6)."""

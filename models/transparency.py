@@ -1,4 +1,4 @@
-"""The transparency process (SPEC §3, §5 `next`, §6): a scheduler, kept apart from the network.
+"""The transparency process (docs/method.md §3, §5 `next`, §6): a scheduler, kept apart from the network.
 
 Its scoring of a batch (maps and image scores from the reverse pass) is models/scoring.py.
 
@@ -128,7 +128,7 @@ class TransparencyProcess:
     @torch.no_grad()
     def reverse(self, net: Network, image: torch.Tensor, keep_trajectory: bool = False,
                 n_steps: int | None = None, early_stop: int | None = None) -> ReverseResult:
-        """Run the reverse schedule from the test image with an empty mask (SPEC §6).
+        """Run the reverse schedule from the test image with an empty mask (docs/method.md §6).
 
         Defaults: t = T−2 … 1, the original's loop. ``n_steps``: the strided schedule of
         `schedule`. ``early_stop`` N: an image stops once the thresholded mask fed back has not
@@ -206,7 +206,7 @@ class TrainingInput:
 def make_training_input(process: TransparencyProcess, x0: torch.Tensor, eps: torch.Tensor,
                         mask: torch.Tensor, mask_c: torch.Tensor, generator: torch.Generator,
                         rotate_prob: float = 0.3, max_angle: float = 20.0) -> TrainingInput:
-    """Draw t, blend x_t, empty M_c at t = T−1, and rotate 30% of the samples (SPEC §2, §3).
+    """Draw t, blend x_t, empty M_c at t = T−1, and rotate 30% of the samples (docs/method.md §2, §3).
 
     All draws come from ``generator`` (CPU), so a resumed run repeats the same sequence.
     """

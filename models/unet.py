@@ -1,8 +1,8 @@
-"""The TransFusion network: a time-conditioned UNet with three heads (SPEC §4).
+"""The TransFusion network: a time-conditioned UNet with three heads (docs/method.md §4).
 
 Only the network lives here; the transparency process that drives it is in
 `models/transparency.py`. Module and parameter names mirror the released
-checkpoints (`../shared/reference/official_state_dict_<mode>.tsv`, minus the
+checkpoints (`tests/fixtures/reference/official_state_dict_<mode>.tsv`, minus the
 leading ``model.``), so those files load with `load_state_dict` unchanged.
 
 Modes:

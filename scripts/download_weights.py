@@ -58,7 +58,7 @@ MASK_IDS = {
 }
 CATEGORIES = DATASET_CATEGORIES
 RUN_MODE = RELEASED_RUN_MODES
-# texture categories train with an all-ones foreground (SPEC §2), so their masks are optional
+# texture categories train with an all-ones foreground (docs/method.md §2), so their masks are optional
 TEXTURES = TEXTURE_CATEGORIES
 TARGETS = ("mvtec", "visa", "mvtec3d", "fg_masks", "all")
 IMAGE_EXTS = IMAGE_EXTENSIONS

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO
+from tests.fixtures.helpers import REPO
 
 PACKAGES = ("models", "data", "utils")
 # The floors, lowest first: each may import what stands below it, never what stands above

@@ -1,5 +1,5 @@
-"""The original's defaults on the paths no reference tensor pins (SPEC §1, §2, §5), and the
-synthesis preview that shows what training will see. Expected values come from the SPEC text."""
+"""The original's defaults on the paths no reference tensor pins (docs/method.md §1, §2, §5), and the
+synthesis preview that shows what training will see. Expected values come from the method's text (docs/method.md)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 import utils.training.trainer as training
-from tests.helpers import TINY_FLAGS, TINY_STEPS, cli
-from tests.layouts import make_mvtec, make_mvtec3d
+from tests.fixtures.helpers import TINY_FLAGS, TINY_STEPS, cli
+from tests.fixtures.layouts import make_mvtec, make_mvtec3d
 from utils.Argparser import parse_args
 from utils.run.settings import unet_config
 
@@ -47,7 +47,7 @@ def test_parser_defaults_are_the_released_command_lines():
 @pytest.mark.parametrize("flags, width", [([], 128), (["--unet-channel-num", "16"], 32),
                                           (["--unet-channel-num", "64"], 128)])
 def test_rgbd_doubles_the_channel_number(flags, width):
-    """SPEC §5: --unet-channel-num N means 2N channels in rgbd (the two-branch network)."""
+    """docs/method.md §5: --unet-channel-num N means 2N channels in rgbd (the two-branch network)."""
     args = parse_args(["-c", "train", "-r", "x", "-d", "x", "-ds", "mvtec3d", "--mode", "rgbd", *flags])
     assert unet_config(args).n_channels == width
     if width // 2 >= 32:  # rgb needs a multiple of 32 (GroupNorm(32)): N itself
@@ -55,6 +55,7 @@ def test_rgbd_doubles_the_channel_number(flags, width):
         assert unet_config(rgb).n_channels == width // 2
 
 
+@pytest.mark.slow
 def test_original_rgbd_command_line_tests_its_own_checkpoint(mvtec3d, tmp_path):
     """--mode rgbd --unet-channel-num 16 trains a 32-channel two-branch network, and the same
     flags test it (the released command lines run unchanged)."""
@@ -85,7 +86,7 @@ def _released_masks(root: Path, n: int, suffix: str) -> Path:
 
 @pytest.mark.parametrize("suffix", [".png", ".JPG"])
 def test_default_fg_mask_folder_is_picked_up(mvtec, tmp_path, monkeypatch, suffix):
-    """SPEC §5: foreground masks are read from ./fg_masks/ by default; anomalies then only land
+    """docs/method.md §5: foreground masks are read from ./fg_masks/ by default; anomalies then only land
     where the masks allow (left half, plus the 5x5 dilation)."""
     monkeypatch.chdir(tmp_path)
     folder = _released_masks(tmp_path, 5, suffix)
@@ -128,8 +129,9 @@ def test_fewer_released_masks_than_images_names_the_first_image_without_one(mvte
 # ----------------------------------------------------------------------------- evaluation schedule
 
 
+@pytest.mark.slow
 def test_evaluation_during_training_follows_the_released_schedule(mvtec, tmp_path, monkeypatch):
-    """SPEC §5: after the epoch of 0-based index e whenever e % --eval-epoch-num == 0, and the
+    """docs/method.md §5: after the epoch of 0-based index e whenever e % --eval-epoch-num == 0, and the
     start-up line says when and how to turn it off."""
     evaluated = []
     real = training.evaluate
@@ -177,14 +179,14 @@ def test_synthesis_preview_follows_the_spec(mvtec, mvtec3d, tmp_path, mode):
     assert x0.shape == x_t.shape == eps.shape == (n, c, 64, 64) and mask.shape == mask_c.shape == (n, 1, 64, 64)
     assert t.shape == (n,) and all(a.dtype == np.float32 for a in (x0, x_t, eps, mask, mask_c))
     assert ((1 <= t) & (t <= TINY_STEPS - 1)).all()
-    assert not mask_c[t == TINY_STEPS - 1].any()  # SPEC §2: no condition mask at t = T-1
+    assert not mask_c[t == TINY_STEPS - 1].any()  # docs/method.md §2: no condition mask at t = T-1
     # Half-batch rule (batch 4): positions 2 and 3 of every full batch stay normal.
     batch_pos = np.concatenate([np.arange(min(4, b)) for b in _batch_sizes(n_train, 4, n)])[:n]
     normal = batch_pos >= 2
     assert not mask[normal].any() and not eps[normal].any() and np.array_equal(x_t[normal], x0[normal])
     assert mask[~normal].any()
     assert not eps[np.broadcast_to(mask == 0, eps.shape)].any()  # eps = M * A: zero outside M
-    # SPEC §3 forward process, per channel kind
+    # docs/method.md §3 forward process, per channel kind
     beta = _beta(t)
     rgb, depth = {"rgb": (slice(0, 3), None), "d": (None, slice(0, 1)), "rgbd": (slice(0, 3), slice(3, 4))}[mode]
     if rgb is not None:
@@ -208,6 +210,7 @@ def _batch_sizes(n_items: int, bs: int, n: int) -> list[int]:
     return sizes
 
 
+@pytest.mark.slow
 def test_synthesis_preview_is_what_training_sees(mvtec, tmp_path, monkeypatch):
     """The preview's samples are the training step's own inputs, in order."""
     seen = []

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO
+from tests.fixtures.helpers import REPO
 
 
 @pytest.mark.slow

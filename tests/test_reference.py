@@ -1,6 +1,6 @@
-"""Equivalence with the original implementation, on ../shared/reference/reference_rgb.pt.xz.
+"""Equivalence with the original implementation, on tests/fixtures/reference/reference_rgb.pt.xz.
 
-Tolerances are those suggested by ../shared/reference/README.md (its observed noise floor).
+Tolerances are those suggested by tests/fixtures/reference/README.md (its observed noise floor).
 """
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from models.losses import transfusion_loss
 from models.scoring import anomaly_maps
 from models.transparency import TransparencyProcess, rotate_nearest
 from models.unet import TransFusionUNet, UNetConfig
-from tests.helpers import load_reference
+from tests.fixtures.helpers import load_reference
 
 
 @pytest.fixture(scope="module")
-def ref(shared_dir):
-    return load_reference(shared_dir)
+def ref():
+    return load_reference()
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Exact anomaly-detection metrics (SPEC section 7), numpy in / numpy out.
+"""Exact anomaly-detection metrics (docs/method.md §7), numpy in / numpy out.
 
 Image level: AUROC, average precision, F1-max and the ROC curve.
 Pixel level: pixel AUROC, pixel average precision and AUPRO up to a false-positive rate of 0.3.
@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-# 8-connectivity for ground-truth components (SPEC section 7).
+# 8-connectivity for ground-truth components (docs/method.md §7).
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
@@ -360,7 +360,7 @@ def pixel_auroc(maps: Any, masks: Any) -> float | None:
 
 
 def aupro(maps: Any, masks: Any, max_fpr: float = 0.3) -> float | None:
-    """Area under the PRO curve up to `max_fpr`, divided by `max_fpr` (SPEC section 7)."""
+    """Area under the PRO curve up to `max_fpr`, divided by `max_fpr` (docs/method.md §7)."""
     return pixel_metrics(maps, masks, max_fpr=max_fpr, curve_points=0)["aupro"]
 
 

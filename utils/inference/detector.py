@@ -227,7 +227,7 @@ class Detector:
             yield self._score(pending, input_size_maps, reconstructions)
 
     def prepare(self, item: Any, index: int = 0) -> _Prepared:
-        """One item as the network's [C, S, S] input (SPEC §1), its name and size."""
+        """One item as the network's [C, S, S] input (docs/method.md §1), its name and size."""
         if isinstance(item, torch.Tensor):
             return self._tensor_item(item, f"tensor[{index}]")
         if has_depth(self.mode):

@@ -4,7 +4,7 @@ Everything is drawn with OpenCV and numpy (no matplotlib) and written as PNG.
 Images are BGR uint8 arrays, as OpenCV uses them. The `render_*` functions
 return the picture; the `save_*` functions write it and return None.
 
-Conventions of the model's space (SPEC section 1): rgb channels are in
+Conventions of the model's space (docs/method.md §1): rgb channels are in
 [-1, 1]; the depth channel is normalised depth with 0 = missing.
 """
 from __future__ import annotations
