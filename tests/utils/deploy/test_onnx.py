@@ -27,7 +27,7 @@ from models.scoring import anomaly_maps
 from models.transparency import TransparencyProcess
 from models.unet import TransFusionUNet, UNetConfig
 from tests.fixtures.fuzzing import fuzz
-from tests.fixtures.helpers import REPO, TINY_FLAGS, TINY_NET, cli, load_reference, tiny_tested_run
+from tests.fixtures.helpers import REPO, TINY_FLAGS, TINY_NET, cli, latest_prediction, load_reference, tiny_tested_run
 from utils.core.errors import TransFusionError
 from utils.deploy.onnx_export import export_network
 from utils.deploy.onnx_session import OnnxNetwork
@@ -156,7 +156,7 @@ def test_reference_weights_exported_reproduce_the_original_at_t5_and_its_reverse
 # ------------------------------------------------------------------ the command line, end to end
 
 def _predictions(logs: Path, run: str, category: str) -> dict[str, dict]:
-    lines = (logs / run / "predictions" / category / "predictions.jsonl").read_text().splitlines()
+    lines = (latest_prediction(logs, run, category) / "predictions.jsonl").read_text().splitlines()
     return {json.loads(x)["path"]: json.loads(x) for x in lines}
 
 
@@ -206,7 +206,7 @@ def test_predict_with_onnxruntime_gives_the_scores_of_the_default_backend(rgb_ex
     for path, rec in torch_recs.items():
         assert onnx_recs[path]["score"] == pytest.approx(rec["score"], abs=1e-4)
         assert onnx_recs[path]["threshold"] == rec["threshold"] and onnx_recs[path]["steps"] == rec["steps"]
-    report = (logs / "r" / "predictions" / "bottle" / "report.html").read_text()
+    report = (latest_prediction(logs, "r", "bottle") / "report.html").read_text()
     assert "onnxruntime" in report and "bottle.onnx" in report
 
 
