@@ -11,18 +11,11 @@ import torch
 
 from models.modes import has_rgb
 from utils.core.errors import Interrupted, TransFusionError
-from utils.machine.distributed import SINGLE, Dist, barrier, gather_objects
+from utils.machine.distributed import SINGLE, Dist, barrier, gather_objects, raise_together
 from utils.run.locks import held
 from utils.run.ownership import move_aside, replaced_stamp, start_refusal
 from utils.run.paths import RunPaths
 from utils.training.trainer import TrainOutcome, train_category
-
-
-def _agree(dist: Dist, problem: str | None) -> None:
-    """Every rank raises when any rank has a problem (a collective, so none waits at a barrier)."""
-    problems = [p for p in dict.fromkeys(gather_objects(dist, problem)) if p]
-    if problems:
-        raise TransFusionError("; ".join(problems))
 
 
 def _start_up_checks(args: Any, paths: RunPaths) -> None:
@@ -55,12 +48,12 @@ def _owned(args: Any, paths: RunPaths, categories: list[str], mine: list[str], d
                     locks.enter_context(held(paths.train_lock(cat), f"-c train -r {args.run_name} --category {cat}"))
         except TransFusionError as exc:
             problem = str(exc)
-        _agree(dist, problem)
+        raise_together(dist, problem)
         # every lock is held now (by this rank or its peers): nobody else can add weights meanwhile
-        _agree(dist, start_refusal(paths, categories, args.resume, args.overwrite) if dist.is_main else None)
+        raise_together(dist, start_refusal(paths, categories, args.resume, args.overwrite) if dist.is_main else None)
         if args.overwrite:
             stamp = gather_objects(dist, replaced_stamp(paths) if dist.is_main else None)[0]
-            _agree(dist, _move_aside(paths, mine if takes_locks else [], stamp))
+            raise_together(dist, _move_aside(paths, mine if takes_locks else [], stamp))
         barrier(dist)
         yield
 
