@@ -168,6 +168,9 @@ def _add_project_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "make them to <run>/synthesis_preview/<category>.npz and .png, then stop")
     p.add_argument("--dry-run", action="store_true",
                    help="train: check the dataset, configuration, device and disk, then stop")
+    p.add_argument("--skip-broken", action="store_true",
+                   help="train: train the categories whose files all open and list the broken ones at the end "
+                        "(default: refuse before training anything, naming every broken category)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -228,6 +231,8 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f"--preview-synthesis must be at least 1, got {args.preview_synthesis}")
     if args.preview_synthesis is not None and args.choice != "train":
         parser.error("--preview-synthesis goes with -c train")
+    if args.skip_broken and args.choice != "train":
+        parser.error("--skip-broken goes with -c train")
     _check_ranges(parser, args)
     _check_network(parser, args)
     _check_ownership(parser, args)
