@@ -21,6 +21,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from data.discovery import find_test_samples, find_train_images, resolve_categories, scan_category
+from data.io import too_many_pixels
 from models.unet import TransFusionUNet, UNetConfig
 from utils.core.errors import TransFusionError
 from utils.run.ownership import start_refusal
@@ -115,6 +116,9 @@ def _image_size(path: Path) -> tuple[int, int]:
         with Image.open(path) as im:
             return im.size[1], im.size[0]
     except Exception as exc:  # noqa: BLE001 - any decoder complaint is a bad file
+        too_large = too_many_pixels(path, "image", exc)
+        if too_large is not None:
+            raise too_large from None
         raise TransFusionError(f"{path} is not a readable image ({type(exc).__name__}: {exc}); "
                                f"replace or remove it") from None
 

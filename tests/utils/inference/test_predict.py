@@ -1,8 +1,11 @@
-"""-c predict keeps every prediction (issue 26, item 5).
+"""-c predict keeps every prediction (issue 26, item 5) and says why it skips a very large image
+(item 7).
 
 Each invocation writes into a folder of its own (predictions/<category>/<stamp>/), so four predicts
 into one run and category leave four predictions.jsonl with their own heat maps beside them, an
-index page lists all four, and the last line says where this one went.
+index page lists all four, and the last line says where this one went. A valid image too large
+for the decoder's pixel limit is skipped with the limit and how to raise it, not with advice to
+re-copy the file; raised with --max-image-pixels, it is scored.
 """
 from __future__ import annotations
 
@@ -10,8 +13,11 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
+from tests.fixtures.fuzzing import png_claiming
 from tests.fixtures.helpers import cli, tiny_tested_run
 
 # every test here drives the command line on a trained run
@@ -51,3 +57,34 @@ def test_four_predicts_into_one_category_keep_all_four(tested):
     heat_maps = [p for f in folders for p in f.glob("*.png")]
     assert len(heat_maps) == len({(p.parent.name, p.name) for p in heat_maps}) == sum(
         len((f / "predictions.jsonl").read_text().splitlines()) for f in folders)
+
+
+def test_a_very_large_image_is_skipped_with_the_pixel_limit_and_how_to_raise_it(tested, tmp_path):
+    data, logs, common = tested
+    folder = tmp_path / "new"
+    folder.mkdir()
+    (folder / "huge.png").write_bytes(png_claiming(20000, 20000))
+    Image.fromarray(np.full((48, 40, 3), 120, np.uint8)).save(folder / "small.png")
+    out = cli("-c", "predict", *common, "--input", str(folder)).stdout
+    skipped = [ln for ln in out.splitlines() if ln.startswith("skipped: ")]
+    assert len(skipped) == 1 and str(folder / "huge.png") in skipped[0]
+    line = skipped[0]
+    assert "400,000,000 pixels" in line and "pixel limit" in line  # 20000 x 20000
+    assert "--max-image-pixels 400000000" in line
+    assert "re-copy" not in line and "remove it" not in line  # the file is fine: the advice was wrong
+    assert "1 image(s) scored, 1 skipped" in out
+
+
+def test_max_image_pixels_raises_and_lowers_the_limit(tested, tmp_path):
+    """48 x 40 = 1920 pixels: refused under --max-image-pixels 1919 with the hint to give 1920, and
+    scored with it."""
+    data, logs, common = tested
+    image = tmp_path / "small.png"
+    Image.fromarray(np.full((48, 40, 3), 120, np.uint8)).save(image)
+    out = cli("-c", "predict", *common, "--input", str(image), "--max-image-pixels", "1919").stdout
+    assert "0 image(s) scored, 1 skipped" in out and "--max-image-pixels 1920" in out
+    out = cli("-c", "predict", *common, "--input", str(image), "--max-image-pixels", "1920")
+    assert "1 image(s) scored, 0 skipped" in out.stdout and "warning" not in out.stderr
+    from data.io import pixel_limit
+
+    assert pixel_limit() == 2 * 89_478_485  # PIL's own limit again after the command
