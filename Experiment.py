@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import nullcontext
 from typing import TextIO
 
 # Before torch loads libgomp: idle OpenMP threads sleep instead of spinning. On a machine where
@@ -57,8 +58,11 @@ def _run(argv: list[str] | None) -> int:
     if not tune_allocator(reuse_large_blocks=args.malloc_reuse) and args.malloc_reuse:
         _say("note: --malloc-reuse needs glibc on Linux; ignored")
 
+    from data.io import max_image_pixels
+
     try:
-        COMMANDS[args.choice](args)
+        with max_image_pixels(args.max_image_pixels) if args.max_image_pixels else nullcontext():
+            COMMANDS[args.choice](args)
     except TransFusionError as exc:
         _say(f"error: {exc}")
         return 2

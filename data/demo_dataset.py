@@ -19,7 +19,6 @@ installed skimage package's data folder.
 """
 from __future__ import annotations
 
-import json
 import shutil
 import zlib
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ import numpy as np
 from data.catalog import DEMO_CATEGORIES, skimage_data_dir
 from utils.core.atomic import atomic_write_bytes, atomic_write_json
 from utils.core.errors import TransFusionError
+from utils.core.json_files import BadJsonFile, load_json_file
 
 DEFECT_TYPES: tuple[str, ...] = ("scratch", "crack", "hole", "stain", "foreign")
 
@@ -459,8 +459,8 @@ def build_demo_dataset(root: Path, categories: Sequence[str] = DEMO_CATEGORIES, 
     old: dict | None = None
     if manifest_path.is_file():
         try:
-            old = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            old = load_json_file(manifest_path)
+        except (OSError, BadJsonFile):
             old = None  # unreadable manifest: treat as no build
     if old == manifest and all(p.is_file() for p in _expected_files(root, categories, n_train, n_test_good,
                                                                      n_test_per_defect)):
@@ -469,8 +469,8 @@ def build_demo_dataset(root: Path, categories: Sequence[str] = DEMO_CATEGORIES, 
     # Remove the manifest first: a rebuild interrupted half-way must never look complete.
     manifest_path.unlink(missing_ok=True)
     owned = set(categories)
-    if isinstance(old, dict) and old.get("generator") == "transfusion-demo":
-        owned |= {c for c in old.get("categories", []) if c in _TINT_RGB}
+    if isinstance(old, dict) and old.get("generator") == "transfusion-demo" and isinstance(old.get("categories"), list):
+        owned |= {c for c in old["categories"] if isinstance(c, str) and c in _TINT_RGB}
     for cat in sorted(owned):  # only demo category names, never anything else under root
         shutil.rmtree(root / cat, ignore_errors=True)
 

@@ -36,7 +36,7 @@ def read_xyz(path: str | os.PathLike) -> np.ndarray:
 
     NaN/inf points are set to 0 (MVTec's "missing point") with a one-line warning.
     """
-    from data.io import read_tiff_checked  # tifffile is imported there lazily: only depth modes need it
+    from data.io import read_tiff_checked, too_many_pixels  # tifffile is imported there lazily
 
     p = Path(path)
     try:
@@ -48,6 +48,9 @@ def read_xyz(path: str | os.PathLike) -> np.ndarray:
             f"xyz file not found: '{p}'; MVTec 3D-AD keeps one xyz/<name>.tiff beside every rgb/<name>.png"
         ) from exc
     except Exception as exc:
+        too_large = too_many_pixels(p, "xyz file", exc)
+        if too_large is not None:
+            raise too_large from exc
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())
         raise TransFusionError(
             f"cannot read xyz file '{p}': {reason}; expected a float32 HxWx3 TIFF as shipped with MVTec 3D-AD"

@@ -26,7 +26,6 @@ few image | mask | overlay rows so a user can check them at a glance.
 """
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Sequence
@@ -43,6 +42,7 @@ from data.depth import preprocess_depth, read_xyz
 from data.io import read_rgb_uint8
 from utils.core.atomic import atomic_write_bytes, atomic_write_json
 from utils.core.errors import TransFusionError
+from utils.core.json_files import BadJsonFile, load_json_file
 
 __all__ = ["DEFAULT_FG_MASK_PATH", "FgMaskSource", "compute_fg_mask", "load_released_mask", "released_mask_files"]
 
@@ -355,10 +355,11 @@ class FgMaskSource:
     @classmethod
     def _load_cache(cls, cache_dir: Path, manifest: dict, files: list[str]) -> FgMaskSource | None:
         try:
-            saved = json.loads((cache_dir / _MANIFEST).read_text())
-        except (OSError, ValueError):
+            saved = load_json_file(cache_dir / _MANIFEST)
+        except (OSError, BadJsonFile):
             return None
-        if any(saved.get(k) != v for k, v in manifest.items()) or saved.get("files") != files:
+        if not isinstance(saved, dict) or any(saved.get(k) != v for k, v in manifest.items()) \
+                or saved.get("files") != files:
             return None  # different images, size or algorithm: recompute rather than misalign
         masks = []
         for f in files:
@@ -366,4 +367,7 @@ class FgMaskSource:
             if m is None or m.shape != (manifest["img_size"],) * 2:
                 return None
             masks.append((m > 127).astype(np.uint8))
-        return cls(np.stack(masks), f"computed:{cache_dir}", int(saved.get("fallbacks", 0)))
+        fallbacks = saved.get("fallbacks", 0)
+        if isinstance(fallbacks, bool) or not isinstance(fallbacks, int) or not 0 <= fallbacks <= len(files):
+            return None
+        return cls(np.stack(masks), f"computed:{cache_dir}", fallbacks)

@@ -15,8 +15,11 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -24,7 +27,8 @@ from PIL import Image, ImageOps
 
 from utils.core.errors import TransFusionError
 
-__all__ = ["read_rgb", "read_rgb_uint8", "rgb_array_input", "read_mask", "image_hw"]
+__all__ = ["read_rgb", "read_rgb_uint8", "rgb_array_input", "read_mask", "image_hw", "max_image_pixels",
+           "pixel_limit"]
 
 
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
@@ -40,7 +44,58 @@ def _one_line(text: str) -> str:
 
 
 class TiffTooLarge(ValueError):
-    """A TIFF whose header claims more values than PIL's decompression-bomb limit."""
+    """A TIFF whose header claims more values than the decoder's pixel limit (`pixel_limit`)."""
+
+    def __init__(self, message: str, values: int) -> None:
+        super().__init__(message)
+        self.values = values
+
+
+def pixel_limit() -> float | None:
+    """The most pixels an image may have to be decoded: PIL refuses more than twice
+    ``PIL.Image.MAX_IMAGE_PIXELS`` unread, as a possible decompression bomb (None: no limit);
+    TIFFs read through tifffile are held to the same number of values."""
+    most = Image.MAX_IMAGE_PIXELS
+    return None if most is None else 2 * most
+
+
+@contextmanager
+def max_image_pixels(n: int) -> Iterator[None]:
+    """Inside, images of up to ``n`` pixels are decoded (``--max-image-pixels``; in Python
+    ``with data.io.max_image_pixels(n): ...``), without PIL's warning about the ones above half
+    of it; the limit before is restored on the way out."""
+    previous = Image.MAX_IMAGE_PIXELS
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        Image.MAX_IMAGE_PIXELS = n / 2  # PIL refuses what exceeds twice it, warns above it
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+
+
+_PIL_PIXELS = re.compile(r"\((\d+) pixels\)")
+
+
+def too_many_pixels(path: str | os.PathLike, kind: str, exc: BaseException) -> TransFusionError | None:
+    """The one-line error for an image refused for its size alone (PIL's decompression-bomb guard,
+    or a TIFF header claiming too many values), saying how to raise the limit; None for any other
+    failure."""
+    if isinstance(exc, TiffTooLarge):
+        count: int | None = exc.values
+    elif isinstance(exc, Image.DecompressionBombError):
+        found = _PIL_PIXELS.search(str(exc))
+        count = int(found.group(1)) if found else None
+    else:
+        return None
+    limit = pixel_limit()
+    size = f"its {count:,} pixels exceed" if count else "it exceeds"
+    raise_to = count if count else f"{2 * int(limit or 0)} (or more)"
+    return TransFusionError(
+        f"cannot read {kind} '{path}': {size} the decoder's pixel limit of {int(limit or 0):,} (PIL refuses larger "
+        f"images unread, as possible decompression bombs); if you trust the file, raise the limit with "
+        f"--max-image-pixels {raise_to} (in Python: with data.io.max_image_pixels({raise_to}): ...), or downscale "
+        f"the image")
 
 
 class _CollectLog(logging.Filter):
@@ -57,8 +112,8 @@ class _CollectLog(logging.Filter):
 
 def read_tiff_checked(path: str | os.PathLike) -> tuple[np.ndarray, list[str]]:
     """``tifffile.imread`` that refuses, before allocating, a header claiming more values than
-    ``PIL.Image.MAX_IMAGE_PIXELS`` (a damaged or hostile header would otherwise allocate
-    gigabytes). Returns the array and tifffile's log messages (damage it worked around)."""
+    `pixel_limit` (a damaged or hostile header would otherwise allocate gigabytes). Returns the
+    array and tifffile's log messages (damage it worked around)."""
     import tifffile
 
     log = logging.getLogger("tifffile")
@@ -66,13 +121,13 @@ def read_tiff_checked(path: str | os.PathLike) -> tuple[np.ndarray, list[str]]:
     log.addFilter(collect)
     try:
         with tifffile.TiffFile(path) as tif:
-            limit = Image.MAX_IMAGE_PIXELS
+            limit = pixel_limit()
             if tif.series and limit:
                 shape = tuple(int(n) for n in tif.series[0].shape)
                 if math.prod(shape) > limit:
                     raise TiffTooLarge(
-                        f"the TIFF header claims an array of shape {shape}, more than "
-                        f"PIL.Image.MAX_IMAGE_PIXELS ({limit}) values; refusing to allocate it"
+                        f"the TIFF header claims an array of shape {shape}, more than the pixel limit "
+                        f"({int(limit)}) values; refusing to allocate it", math.prod(shape)
                     )
             arr = np.asarray(tif.asarray())
     finally:
@@ -81,6 +136,9 @@ def read_tiff_checked(path: str | os.PathLike) -> tuple[np.ndarray, list[str]]:
 
 
 def _read_error(path: Path, kind: str, exc: BaseException) -> TransFusionError:
+    too_large = too_many_pixels(path, kind, exc)
+    if too_large is not None:
+        return too_large
     if isinstance(exc, FileNotFoundError):
         reason = "file not found"
     elif isinstance(exc, IsADirectoryError):

@@ -59,13 +59,22 @@ def rand_perlin_2d(shape: tuple[int, int], res: tuple[int, int], rng: np.random.
 MAX_IMAGE_SIZE = 2048
 
 
-def check_size(size: int) -> None:
-    """Raise TransFusionError unless ``size`` is a multiple of 32 (the Perlin scales need it) in
+# The working-size rule in words, for messages about a size that breaks it.
+SIZE_RULE = f"a multiple of {SIZE_MULTIPLE} in {SIZE_MULTIPLE}..{MAX_IMAGE_SIZE}"
+
+
+def is_valid_size(size: object) -> bool:
+    """Whether ``size`` is an integer that is a multiple of 32 (the Perlin scales need it) in
     32..MAX_IMAGE_SIZE: the one home of the working-size rule."""
-    if isinstance(size, bool) or not isinstance(size, int) or not SIZE_MULTIPLE <= size <= MAX_IMAGE_SIZE \
-            or size % SIZE_MULTIPLE:
+    return not isinstance(size, bool) and isinstance(size, int) and SIZE_MULTIPLE <= size <= MAX_IMAGE_SIZE \
+        and size % SIZE_MULTIPLE == 0
+
+
+def check_size(size: int) -> None:
+    """Raise TransFusionError unless ``size`` keeps the working-size rule (`is_valid_size`)."""
+    if not is_valid_size(size):
         raise TransFusionError(
-            f"image size {size!r} is not a multiple of {SIZE_MULTIPLE} in {SIZE_MULTIPLE}..{MAX_IMAGE_SIZE}: "
+            f"image size {size!r} is not {SIZE_RULE}: "
             f"anomaly synthesis needs --img-size to be a multiple of {SIZE_MULTIPLE} (e.g. 256)")
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.fixtures.helpers import TINY_FLAGS, cli, cli_subprocess
+from tests.fixtures.helpers import TINY_FLAGS, cli, cli_subprocess, latest_prediction
 from tests.fixtures.layouts import make_mvtec
 
 # every test here drives the command line, a subprocess or a trained run
@@ -65,7 +65,7 @@ def test_test_reports_numbers_and_writes_results(trained, data):
     # predict on the test images, with the F1-max threshold that -c test stored
     cli("-c", "predict", "-r", "tiny", "--category", "bottle", "--log-path", str(trained),
         "--input", str(data / "bottle" / "test" / "*" / "*.png"), *TINY_FLAGS)
-    lines = (trained / "tiny" / "predictions" / "bottle" / "predictions.jsonl").read_text().splitlines()
+    lines = (latest_prediction(trained, "tiny", "bottle") / "predictions.jsonl").read_text().splitlines()
     recs = [json.loads(x) for x in lines]
     assert len(recs) == 7 and all(r["decision"] in ("OK", "defect") for r in recs)
     predicted = {Path(r["path"]).resolve(): r["score"] for r in recs}

@@ -11,6 +11,7 @@ import math
 from typing import Sequence
 
 from data.catalog import DATASETS
+from data.io import pixel_limit
 from data.perlin import check_size
 from models.modes import MODES, has_depth
 from models.runtime import AMP_CHOICES, BACKENDS, MEMORY_FORMATS
@@ -168,6 +169,12 @@ def _add_project_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "make them to <run>/synthesis_preview/<category>.npz and .png, then stop")
     p.add_argument("--dry-run", action="store_true",
                    help="train: check the dataset, configuration, device and disk, then stop")
+    p.add_argument("--skip-broken", action="store_true",
+                   help="train: train the categories whose files all open and list the broken ones at the end "
+                        "(default: refuse before training anything, naming every broken category)")
+    p.add_argument("--max-image-pixels", type=int, default=None, metavar="N",
+                   help=f"decode images of up to N pixels (default: PIL's guard against decompression bombs, which "
+                        f"refuses images of more than {int(pixel_limit() or 0):,} pixels unread)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -228,6 +235,8 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f"--preview-synthesis must be at least 1, got {args.preview_synthesis}")
     if args.preview_synthesis is not None and args.choice != "train":
         parser.error("--preview-synthesis goes with -c train")
+    if args.skip_broken and args.choice != "train":
+        parser.error("--skip-broken goes with -c train")
     _check_ranges(parser, args)
     _check_network(parser, args)
     _check_ownership(parser, args)
@@ -267,6 +276,8 @@ def _check_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
                         ("seed", 0), ("unet_n_blocks", 1)):
         if getattr(args, flag) < least:
             parser.error(f"--{flag.replace('_', '-')} must be at least {least}, got {getattr(args, flag)}")
+    if args.max_image_pixels is not None and args.max_image_pixels < 1:
+        parser.error(f"--max-image-pixels must be at least 1, got {args.max_image_pixels}")
     if args.unet_channel_num is not None and args.unet_channel_num < 1:
         parser.error(f"--unet-channel-num must be at least 1, got {args.unet_channel_num}")
 

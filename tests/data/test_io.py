@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from data.io import image_hw, read_mask, read_rgb, read_rgb_uint8
+from data.io import image_hw, max_image_pixels, pixel_limit, read_mask, read_rgb, read_rgb_uint8
+from tests.fixtures.fuzzing import png_claiming
 from tests.fixtures.helpers import SHARED
 from tests.fixtures.layouts import defect_mask, scene
 from utils.core.errors import TransFusionError
@@ -194,3 +195,29 @@ def test_real_bottle_image_and_mask() -> None:
     assert 0 < frac < 0.5
     # Downsampled mask covers at least as much as the original (any non-zero counts).
     assert frac >= full.mean()
+
+
+def test_an_image_over_the_pixel_limit_says_so_and_how_to_raise_it(tmp_path: Path) -> None:
+    """A valid 20000 x 20000 image is not damaged: the message names the decoder's limit and the
+    flag that raises it (issue 26, item 7), for every reader."""
+    p = tmp_path / "huge.png"
+    p.write_bytes(png_claiming(20000, 20000))
+    for read in (lambda: read_rgb(p, 32), lambda: read_mask(p, 32), lambda: image_hw(p), lambda: read_rgb_uint8(p)):
+        with pytest.raises(TransFusionError) as info:
+            read()
+        msg = str(info.value)
+        assert str(p) in msg and "400,000,000 pixels" in msg and "pixel limit of 178,956,970" in msg, msg
+        assert "--max-image-pixels 400000000" in msg and "max_image_pixels(400000000)" in msg
+        assert "re-copy" not in msg and "\n" not in msg
+
+
+def test_max_image_pixels_sets_the_limit_inside_and_restores_it(tmp_path: Path) -> None:
+    p = tmp_path / "small.png"
+    Image.fromarray(np.zeros((48, 40, 3), np.uint8)).save(p)  # 1920 pixels
+    before = pixel_limit()
+    with max_image_pixels(1919), pytest.raises(TransFusionError, match="1,920 pixels exceed .* limit of 1,919"):
+        read_rgb(p, 32)
+    with max_image_pixels(1920), warnings.catch_warnings(record=True) as shown:
+        assert read_rgb(p, 32).shape == (3, 32, 32)
+    assert not shown  # no decompression-bomb warning about what the limit admits
+    assert pixel_limit() == before

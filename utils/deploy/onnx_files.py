@@ -9,7 +9,6 @@ that no longer matches the run (trained again, exported again, copied over) is r
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -22,9 +21,11 @@ from models.modes import depth_channels, rgb_channels
 from models.scoring import ScoringOptions
 from models.unet import UNetConfig
 from utils.core.errors import TransFusionError
+from utils.core.json_files import BadJsonFile, load_json_file
 from utils.deploy.onnx_export import OPSET, ExportCheck
 from utils.deploy.onnx_session import INPUT_NAMES, OUTPUT_NAMES, OnnxNetwork
 from utils.deploy.optional_deps import optional_import
+from utils.run.meta_schema import BadValue, check_range, check_steps, unet_config_of
 from utils.run.paths import RunPaths
 from utils.run.settings import RunSettings
 from utils.run.thresholds import Threshold
@@ -100,12 +101,29 @@ def read_sidecar(paths: RunPaths, category: str) -> dict[str, Any]:
         raise TransFusionError(f"{p} not found: the onnxruntime backend runs the exported network; export it first "
                                f"with {again}")
     try:
-        side = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise TransFusionError(f"{p} is unreadable ({exc}); export again with {again}") from None
+        side = load_json_file(p)
+    except (OSError, BadJsonFile) as exc:
+        raise TransFusionError(f"{p} is unreadable ({exc.strerror or exc if isinstance(exc, OSError) else exc}); "
+                               f"export again with {again}") from None
     if not isinstance(side, dict) or side.get("format") != FORMAT or side.get("format_version") != FORMAT_VERSION:
         raise TransFusionError(f"{p} is not a {FORMAT} v{FORMAT_VERSION} file; export again with {again}")
+    try:
+        _check_sidecar(side)
+    except BadValue as bad:
+        raise TransFusionError(bad.line(p, f"export again with {again}")) from None
     return side
+
+
+def _check_sidecar(side: dict[str, Any]) -> None:
+    """The keys this project reads back from the sidecar (the rest only document the file)."""
+    for key in ("network_sha256", "weights_sha256"):
+        value = side.get(key)
+        if not (isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)):
+            raise BadValue((key,), value, "a SHA-256 digest (64 hexadecimal digits)")
+    unet_config_of(("unet",), side.get("unet"))
+    check_steps(("diffusion_num_steps",), side.get("diffusion_num_steps"))
+    if side.get("depth_norm") is not None:
+        check_range(("depth_norm",), side["depth_norm"], True, "the depth range the network was exported with")
 
 
 @dataclass
@@ -136,12 +154,7 @@ def open_exported(paths: RunPaths, category: str, device: torch.device) -> Expor
     if weights.is_file() and file_digest(weights) != side.get("weights_sha256"):
         raise TransFusionError(f"{onnx} was exported from other weights than {weights} holds now (trained again "
                                f"since?); {again}")
-    try:
-        cfg = UNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in side["unet"].items()})
-    except (KeyError, TypeError, ValueError) as exc:
-        raise TransFusionError(f"{paths.onnx_meta(category)} has no valid network description ({exc}); {again}"
-                               ) from None
-    return Exported(OnnxNetwork(onnx), cfg, side, onnx)
+    return Exported(OnnxNetwork(onnx), unet_config_of(("unet",), side["unet"]), side, onnx)
 
 
 def check_matches_run(paths: RunPaths, category: str, exported: Exported, settings: RunSettings) -> None:

@@ -19,17 +19,10 @@ from utils.reports.output_csv import append_output_csv
 from utils.reports.published import Comparison, compare, published_figures, published_table, settings_differences
 from utils.reports.tables import avg_line, fmt_pct, markdown_table
 from utils.run.meta import update_meta
-from utils.run.network import load_network
+from utils.run.network import open_network
 from utils.run.ownership import results_lock
 from utils.run.paths import RunPaths
-from utils.run.settings import (
-    Requested,
-    RunSettings,
-    run_settings,
-    runtime_options,
-    scoring_options,
-    training_depth_range,
-)
+from utils.run.settings import Requested, RunSettings, runtime_options, scoring_options, training_depth_range
 from utils.run.thresholds import Threshold, calibrated_threshold, schedule_note
 
 
@@ -135,8 +128,7 @@ def test_categories(args: argparse.Namespace, categories: list[str], paths: RunP
     requested = Requested.from_args(args)
     tested: dict[str, Tested] = {}
     for cat in categories:
-        net = load_network(paths, cat, runtime, device)
-        settings = run_settings(paths, cat, net.cfg, requested, training_depth_range(args, cat))
+        net, settings = open_network(paths, cat, requested, runtime, device, training_depth_range(args, cat))
         if dist.is_main:
             for note in settings.notes:
                 print(note)

@@ -2,7 +2,6 @@
 results/index.html from every category's summary.json (utils/reports/html.py renders them)."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -13,6 +12,7 @@ from tqdm import tqdm
 
 from models.modes import is_two_branch
 from utils.core.atomic import atomic_write_text
+from utils.core.json_files import BadJsonFile, load_json_file
 from utils.evaluation.loop import EvalOutput
 from utils.evaluation.metrics import roc_curve_points
 from utils.reports.figures import render_curve, render_thumbnails
@@ -27,7 +27,9 @@ from utils.reports.html import (
     thumbnail_uris,
     write_category_report,
 )
-from utils.reports.published import Comparison
+from utils.reports.published import PUBLISHED_METRICS, Comparison
+from utils.reports.tables import METRIC_KEYS
+from utils.run.meta_schema import is_finite_number, is_int
 from utils.run.thresholds import Threshold
 
 
@@ -97,14 +99,37 @@ def write_test_report(folder: Path, title: str, out: EvalOutput, test_set: Datas
     return write_category_report(folder, page)
 
 
+def _numbers(values: Any, keys: Sequence[str]) -> bool:
+    """A dict whose ``keys`` hold floats (NaN included: an undefined metric), integers a float holds, or null."""
+    return isinstance(values, dict) and all(
+        values.get(k) is None or isinstance(values[k], float) or is_finite_number(values[k]) for k in keys)
+
+
+def _usable(s: Any) -> bool:
+    """Whether a summary.json holds what the overview reads, as -c test writes it (a run folder
+    from elsewhere may hold anything)."""
+    if not isinstance(s, dict) or not _numbers(s.get("metrics"), METRIC_KEYS):
+        return False
+    if s.get("published") is not None and not all(
+            _numbers(d, PUBLISHED_METRICS) and set(PUBLISHED_METRICS) <= set(d) for d in (s["published"], s.get("delta"))):
+        return False
+    t = s.get("decision_threshold")
+    if t is not None and not (isinstance(t, dict) and isinstance(t.get("kind"), str) and is_finite_number(t.get("value"))):
+        return False
+    count = s.get("n_images", 0)
+    mistakes = s.get("n_mistakes")
+    return is_int(count) and (mistakes is None or is_int(mistakes)) and all(
+        isinstance(s.get(k, ""), str) for k in ("category", "dataset", "mode"))
+
+
 def _summaries(results_root: Path) -> list[tuple[Path, dict[str, Any]]]:
     found = []
     for p in sorted(results_root.glob("*/summary.json")):
         try:
-            s = json.loads(p.read_text())
-        except (OSError, ValueError):
+            s = load_json_file(p)
+        except (OSError, BadJsonFile):
             continue  # unreadable: leave it out of the overview
-        if isinstance(s, dict) and isinstance(s.get("metrics"), dict):
+        if _usable(s):
             found.append((p, s))
     return found
 

@@ -32,9 +32,10 @@ from models.scoring import DEFAULT_SCORING, ScoringOptions, score_batch
 from models.transparency import Network, TransparencyProcess
 from models.unet import UNetConfig
 from utils.core.errors import TransFusionError
+from utils.run.meta import read_meta
 from utils.run.network import load_network
 from utils.run.paths import RunPaths
-from utils.run.settings import DepthSource, Requested, run_settings, runtime_from, scoring_from
+from utils.run.settings import DepthSource, Requested, resolve_settings, runtime_from, scoring_from
 from utils.run.thresholds import Threshold, choose_threshold, explicit_threshold, schedule_note
 
 PathLike = (str, os.PathLike)
@@ -145,6 +146,7 @@ class Detector:
             threshold = explicit_threshold(threshold, "given", "given to Detector.from_run")
         requested = replace(requested, eval_steps=scoring.eval_steps) if requested else \
             Requested.from_keywords(image_size, diffusion_steps, scoring.eval_steps)
+        meta = read_meta(paths, category)  # checked before the network is opened
         exported = None
         if backend == "onnxruntime":
             from utils.deploy.onnx_files import open_exported
@@ -154,7 +156,7 @@ class Detector:
         else:
             net = load_network(paths, category, runtime, dev)
             network, config, network_file = runtime.callable(net), net.cfg, paths.weights(category)
-        settings = run_settings(paths, category, config, requested, depth_from_training)
+        settings = resolve_settings(paths, category, meta, config, requested, depth_from_training)
         if exported is not None:
             from utils.deploy.onnx_files import check_matches_run
 

@@ -88,6 +88,14 @@ def gather_objects(dist: Dist, obj: Any) -> list[Any]:
     return out
 
 
+def raise_together(dist: Dist, problem: str | None) -> None:
+    """Every rank raises TransFusionError when any rank has a problem (a collective, so none is left
+    waiting at a barrier); each problem is said once."""
+    problems = [p for p in dict.fromkeys(gather_objects(dist, problem)) if p]
+    if problems:
+        raise TransFusionError("; ".join(problems))
+
+
 def any_rank(dist: Dist, flag: bool, device: torch.device) -> bool:
     """True on every rank when ``flag`` is true on at least one (e.g. a non-finite loss, Ctrl-C)."""
     if not dist.enabled:

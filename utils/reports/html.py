@@ -1,5 +1,6 @@
 """Self-contained HTML reports: a page per category (results/<category>/report.html from -c test,
-predictions/<category>/report.html from -c predict) and the run's results/index.html.
+predictions/<category>/<invocation>/report.html from each -c predict), the run's results/index.html
+and predictions/<category>/index.html over every -c predict into a category.
 
 Each page is one file that opens without network access: pictures are embedded as data URIs,
 thumbnails encoded at the size they are shown, no external style or script, and one small
@@ -347,3 +348,31 @@ def render_index(run: str, entries: list[IndexEntry], facts: list[tuple[str, str
         lines.append('<p class="note">mean: our mean, and the published figures averaged over the same '
                      'categories; Δ = ours − published, in percentage points</p>')
     return _document(f"{run}: results", lines, script=False)
+
+
+@dataclass
+class PredictionEntry:
+    """One -c predict into a category, as its folder's summary.json records it."""
+
+    folder: str                  # the invocation's folder name (its local start time)
+    written: str
+    input: str                   # --input as given
+    scored: int
+    skipped: int
+    defects: int | None          # None: no threshold decided
+    decided_by: str              # the threshold in words, or "scores only"
+    report: str                  # relative link to the invocation's report.html
+
+
+def render_prediction_index(title: str, entries: list[PredictionEntry], facts: list[tuple[str, str]]) -> str:
+    """predictions/<category>/index.html: every -c predict into the category, newest first, linked to its page."""
+    lines = [f"<h1>{_e(title)}</h1>", _facts(facts), "<h2>Predictions</h2>", '<table class="predictions">',
+             "<tr><th>folder</th><th>written</th><th>input</th><th class=num>scored</th><th class=num>skipped</th>"
+             "<th class=num>defects</th><th>decided by</th></tr>"]
+    for e in entries:
+        defects = "" if e.defects is None else str(e.defects)
+        lines.append(f'<tr data-folder="{_e(e.folder)}"><td><a href="{_e(e.report)}">{_e(e.folder)}</a></td>'
+                     f"<td>{_e(e.written)}</td><td>{_e(e.input)}</td><td class=num>{e.scored}</td>"
+                     f"<td class=num>{e.skipped}</td><td class=num>{defects}</td><td>{_e(e.decided_by)}</td></tr>")
+    lines.append("</table>")
+    return _document(title, lines, script=False)

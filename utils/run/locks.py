@@ -16,10 +16,13 @@ import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Callable, Iterator
 
 from utils.core.errors import TransFusionError
+from utils.core.json_files import BadJsonFile, load_json_file
+from utils.run.meta_schema import is_int, shown
 
 
 @dataclass(frozen=True)
@@ -66,20 +69,48 @@ def _running(info: LockInfo) -> bool:
     return info.proc_start is None or now is None or now == info.proc_start
 
 
+# pid_t is a signed 32-bit integer: a larger "pid" is no process (os.kill would overflow).
+_PID_MAX = 2**31 - 1
+_TEXT_MAX = 1000  # host, start time, purpose, token: what a message may quote of a stranger's file
+
+
+def _problem(fields: object) -> str | None:
+    """Why ``fields`` are not what `acquire` writes, or None."""
+    if not isinstance(fields, dict):
+        return f"it holds {shown(fields)}, not an object"
+    names = {f.name for f in dataclass_fields(LockInfo)}
+    missing = sorted({"pid", "host", "started", "purpose", "token"} - set(fields))
+    if missing or set(fields) - names:
+        return f"its keys are {sorted(fields)}, expected {sorted(names)}"
+    pid = fields["pid"]
+    if not (is_int(pid) and 1 <= pid <= _PID_MAX):
+        return f"pid is {shown(pid)}, expected a process id (an integer in 1..{_PID_MAX})"
+    for k in ("host", "started", "purpose", "token", "proc_start"):
+        v = fields.get(k)
+        if not (v is None and k == "proc_start") and not (isinstance(v, str) and v.isprintable()
+                                                          and len(v) <= _TEXT_MAX):
+            return f"{k} is {shown(v)}, expected a line of text"
+    return None
+
+
 def _read(path: Path) -> LockInfo | None:
     """The holder, or None when the file is gone; an unreadable file is reported as such."""
     for _ in range(20):  # a holder that has just created the file may not have written it yet
         try:
-            text = path.read_text()
+            fields = load_json_file(path)
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise TransFusionError(f"cannot read the lock {path} ({exc.strerror or exc}); "
                                    f"if no run uses it, remove it: rm '{path}'") from None
-        try:
-            return LockInfo(**json.loads(text))
-        except (ValueError, TypeError):
+        except BadJsonFile:
             time.sleep(0.05)
+            continue
+        problem = _problem(fields)
+        if problem is None:
+            return LockInfo(**fields)
+        raise LockHeld(f"{path} is not a lock this program wrote ({problem}); if no run uses it, remove it: "
+                       f"rm '{path}'")
     raise LockHeld(f"{path} is not a lock this program wrote; if no run uses it, remove it: rm '{path}'")
 
 

@@ -3,29 +3,35 @@
 
 Training writes the network, image size, T, dataset, depth range, epoch and seed; -c test adds
 its F1-max threshold and heat-map scale; -c calibrate its calibration record. Released weights
-come without one: every reader then falls back to the flags (utils/run/settings.py).
+come without one: every reader then falls back to the flags (utils/run/settings.py). A run
+folder may come from anyone, so the meta is parsed defensively (utils/core/json_files.py) and
+every key checked where it is read (utils/run/meta_schema.py).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from typing import Any
 
 from models.unet import UNetConfig
 from utils.core.atomic import atomic_write_json
 from utils.core.errors import TransFusionError
+from utils.core.json_files import BadJsonFile, load_json_file
+from utils.run.meta_schema import check_meta
 from utils.run.paths import RunPaths
 
 
 def read_meta(paths: RunPaths, category: str) -> dict[str, Any]:
-    """The category's meta, or {} when the run has none (released weights)."""
+    """The category's meta, or {} when the run has none (released weights); every key it holds
+    checked (utils/run/meta_schema.py), so what is returned is what its writers wrote."""
     p = paths.meta(category)
     if not p.exists():
         return {}
     try:
-        return json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise TransFusionError(f"{p} is unreadable ({exc}); delete it to fall back to the weights alone") from None
+        meta = load_json_file(p)
+    except (OSError, BadJsonFile) as exc:
+        why = exc.strerror or exc if isinstance(exc, OSError) else exc
+        raise TransFusionError(f"{p} is unreadable ({why}); delete it to use the weights alone") from None
+    return check_meta(meta, p)
 
 
 def update_meta(paths: RunPaths, category: str, **values: Any) -> None:

@@ -9,9 +9,10 @@ from models.checkpoint import CheckpointError, load_network_file, save_released
 from models.runtime import RuntimeOptions
 from models.unet import TransFusionUNet
 from utils.core.atomic import atomic_write_json
+from utils.run.meta import read_meta
 from utils.run.ownership import trained_here
 from utils.run.paths import RunPaths
-from utils.run.settings import DepthSource, Requested, RunSettings, run_settings
+from utils.run.settings import DepthSource, Requested, RunSettings, resolve_settings
 
 
 def save_weights(paths: RunPaths, category: str, net: torch.nn.Module, meta: dict[str, Any]) -> None:
@@ -50,6 +51,9 @@ def load_network(paths: RunPaths, category: str, runtime: RuntimeOptions, device
 def open_network(paths: RunPaths, category: str, requested: Requested, runtime: RuntimeOptions, device: torch.device,
                  depth_from_training: DepthSource | None = None
                  ) -> tuple[TransFusionUNet, RunSettings]:
-    """The category's network and the settings it is scored with (utils/run/settings.py's rule)."""
+    """The category's network and the settings it is scored with (utils/run/settings.py's rule);
+    a damaged meta is said before the weights are loaded."""
+    paths.require_weights(category)
+    meta = read_meta(paths, category)
     net = load_network(paths, category, runtime, device)
-    return net, run_settings(paths, category, net.cfg, requested, depth_from_training)
+    return net, resolve_settings(paths, category, meta, net.cfg, requested, depth_from_training)

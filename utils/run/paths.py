@@ -20,7 +20,10 @@ Layout of ``<log-path>/<run-name>/``::
     output.csv                         one row per evaluated category (appended)
     qualitative.png                    -c demo: a few defects of every category
     calibration/<category>/            -c calibrate: scores.csv and calibration.json
-    predictions/<category>/            -c predict: heat maps, predictions.jsonl, report.html
+    predictions/<category>/<stamp>/    -c predict: one folder per invocation (its local start time,
+                                       made unique): heat maps, predictions.jsonl, report.html,
+                                       summary.json; nothing of an earlier one is replaced
+    predictions/<category>/index.html  every -c predict into the category, newest first
     synthesis_preview/<category>.npz   -c train --preview-synthesis: samples (and .png)
     fg_masks/<category>/               foreground masks computed where none were released
     replaced-<time>/<category>/        what --overwrite moved aside (weights, meta, states, results)
@@ -111,8 +114,16 @@ class RunPaths:
         return self.root / "output.csv"
 
     def predictions(self, category: str) -> Path:
-        """-c predict's heat maps, predictions.jsonl and report.html."""
+        """-c predict's folder for ``category``: one sub-folder per invocation, and the index."""
         return self.root / "predictions" / category
+
+    def prediction(self, category: str, stamp: str) -> Path:
+        """One -c predict's heat maps, predictions.jsonl, report.html and summary.json."""
+        return self.predictions(category) / stamp
+
+    def predictions_index(self, category: str) -> Path:
+        """The page that lists every -c predict into ``category``."""
+        return self.predictions(category) / "index.html"
 
     def synthesis_preview(self, category: str, suffix: str) -> Path:
         """--preview-synthesis: ``<category>.npz`` (the samples) or ``.png`` (their picture)."""

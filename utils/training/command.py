@@ -1,6 +1,8 @@
 """``-c train``: every category of ``--category`` in turn, owned while it trains (its lock, the
 refusal to replace trained weights without --resume or --overwrite), under torchrun shared by
-all ranks or split among them (--split-categories). One category's loop: utils/training/trainer.py.
+all ranks or split among them (--split-categories). Every category's files are checked before
+the first is trained (utils/training/preflight.py): a broken one refuses the run, naming all,
+unless --skip-broken. One category's loop: utils/training/trainer.py.
 """
 from __future__ import annotations
 
@@ -11,18 +13,11 @@ import torch
 
 from models.modes import has_rgb
 from utils.core.errors import Interrupted, TransFusionError
-from utils.machine.distributed import SINGLE, Dist, barrier, gather_objects
+from utils.machine.distributed import SINGLE, Dist, barrier, gather_objects, raise_together
 from utils.run.locks import held
 from utils.run.ownership import move_aside, replaced_stamp, start_refusal
 from utils.run.paths import RunPaths
 from utils.training.trainer import TrainOutcome, train_category
-
-
-def _agree(dist: Dist, problem: str | None) -> None:
-    """Every rank raises when any rank has a problem (a collective, so none waits at a barrier)."""
-    problems = [p for p in dict.fromkeys(gather_objects(dist, problem)) if p]
-    if problems:
-        raise TransFusionError("; ".join(problems))
 
 
 def _start_up_checks(args: Any, paths: RunPaths) -> None:
@@ -55,12 +50,12 @@ def _owned(args: Any, paths: RunPaths, categories: list[str], mine: list[str], d
                     locks.enter_context(held(paths.train_lock(cat), f"-c train -r {args.run_name} --category {cat}"))
         except TransFusionError as exc:
             problem = str(exc)
-        _agree(dist, problem)
+        raise_together(dist, problem)
         # every lock is held now (by this rank or its peers): nobody else can add weights meanwhile
-        _agree(dist, start_refusal(paths, categories, args.resume, args.overwrite) if dist.is_main else None)
+        raise_together(dist, start_refusal(paths, categories, args.resume, args.overwrite) if dist.is_main else None)
         if args.overwrite:
             stamp = gather_objects(dist, replaced_stamp(paths) if dist.is_main else None)[0]
-            _agree(dist, _move_aside(paths, mine if takes_locks else [], stamp))
+            raise_together(dist, _move_aside(paths, mine if takes_locks else [], stamp))
         barrier(dist)
         yield
 
@@ -96,6 +91,24 @@ def _train_each(args: Any, categories: list[str], device: torch.device, paths: R
     return outcomes
 
 
+def _trainable(args: Any, categories: list[str], dist: Dist) -> tuple[list[str], dict[str, str]]:
+    """The categories whose files all open, checked by rank 0 before anything is trained, and the
+    broken ones with why; every rank gets rank 0's verdict, so all refuse or all go on together.
+    A broken category refuses the whole run unless --skip-broken."""
+    from utils.training.preflight import broken_refusal, check_categories
+
+    verdict = check_categories(args, categories, progress=not args.quiet)[1] if dist.is_main else None
+    broken: dict[str, str] = gather_objects(dist, verdict)[0]
+    if broken and (not args.skip_broken or len(broken) == len(categories)):
+        raise TransFusionError(broken_refusal(broken, len(categories)))
+    return [c for c in categories if c not in broken], broken
+
+
+def _say_skipped(broken: dict[str, str]) -> None:
+    print(f"skipped {len(broken)} broken categor{'y' if len(broken) == 1 else 'ies'} (--skip-broken): "
+          + "; ".join(f"{cat}: {why}" for cat, why in broken.items()))
+
+
 def run_train(args: Any, categories: list[str] | None = None) -> dict[str, TrainOutcome]:
     """``-c train``: every category of ``--category`` (or the given list) in turn; under torchrun
     all ranks share each category, or with --split-categories each rank trains its own.
@@ -123,12 +136,17 @@ def run_train(args: Any, categories: list[str] | None = None) -> dict[str, Train
                     texture_source(args, announce=True)
                 run_preview(args, categories, paths)
             return {}
+        categories, broken = _trainable(args, categories, dist)
+        if broken and dist.is_main:
+            _say_skipped(broken)
         per_category, mine = dist, categories
         if dist.enabled and args.split_categories:
             mine, per_category = categories[dist.rank::dist.world_size], SINGLE
         with _owned(args, paths, categories, mine, dist, own_locks=per_category is SINGLE):
             outcomes = _train_each(args, mine, device, paths, dist, per_category)
             barrier(dist)
+        if broken and dist.is_main:
+            _say_skipped(broken)  # again at the end, where it is read
         stopped = [o for o in outcomes.values() if o.interrupted]
         if stopped:
             cat = stopped[0].category

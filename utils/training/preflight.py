@@ -1,9 +1,11 @@
 """Checks that run before a long job, so it fails in seconds rather than after an epoch.
 
 - `check_run_folder`: the run folder is writable and has room for the checkpoints.
-- `dry_run` (``--dry-run``): every file of the dataset and the configuration, end to end,
-  without training: images and masks open and match in size, the device exists, and an
-  estimate of the memory a training step will need.
+- `check_categories`: every file of each category opens (images and masks, and masks match
+  their images in size); -c train runs it on every category before training the first, and
+  refuses with one line naming all broken ones unless --skip-broken.
+- `dry_run` (``--dry-run``): that, and the configuration, end to end, without training: the
+  device exists, and an estimate of the memory a training step will need.
 """
 from __future__ import annotations
 
@@ -11,12 +13,15 @@ import argparse
 import os
 import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from data.discovery import find_test_samples, find_train_images, resolve_categories, scan_category
+from data.io import too_many_pixels
 from models.unet import TransFusionUNet, UNetConfig
 from utils.core.errors import TransFusionError
 from utils.run.ownership import start_refusal
@@ -111,33 +116,85 @@ def _image_size(path: Path) -> tuple[int, int]:
         with Image.open(path) as im:
             return im.size[1], im.size[0]
     except Exception as exc:  # noqa: BLE001 - any decoder complaint is a bad file
+        too_large = too_many_pixels(path, "image", exc)
+        if too_large is not None:
+            raise too_large from None
         raise TransFusionError(f"{path} is not a readable image ({type(exc).__name__}: {exc}); "
                                f"replace or remove it") from None
+
+
+@dataclass
+class CategoryCheck:
+    """What the file check found in one category that opens: counts, and masks of another size."""
+
+    category: str
+    n_train: int
+    n_test: int
+    n_anomalous: int
+    mismatched_masks: int   # masks whose size differs from their image's (they will be resized)
+    scan_line: str | None   # what discovery left out of the folders, if anything
+
+
+def check_category_files(args: argparse.Namespace, category: str) -> CategoryCheck:
+    """Every training and test image (and mask) of ``category`` opens: a TransFusionError naming the
+    first file that does not, or the part of the layout that is missing."""
+    train = find_train_images(args.dataset, args.data_path, category)
+    for p in train:
+        _image_size(p)
+    tests = find_test_samples(args.dataset, args.data_path, category)
+    mismatched = 0
+    for s in tests:
+        hw = _image_size(s.image_path)
+        if s.mask_path is not None and _image_size(s.mask_path) != hw:
+            mismatched += 1
+    scan = scan_category(args.dataset, args.data_path, category)
+    return CategoryCheck(category, len(train), len(tests), sum(s.label for s in tests), mismatched,
+                         scan.line() if scan.skipped else None)
+
+
+def check_categories(args: argparse.Namespace, categories: list[str],
+                     progress: bool = True) -> tuple[list[CategoryCheck], dict[str, str]]:
+    """`check_category_files` for each category: what opened, and why each broken one did not."""
+    checked: list[CategoryCheck] = []
+    broken: dict[str, str] = {}
+    for cat in tqdm(categories, desc="checking the dataset's files", disable=not progress or len(categories) < 2,
+                    leave=False, unit="category"):
+        try:
+            checked.append(check_category_files(args, cat))
+        except TransFusionError as exc:
+            broken[cat] = str(exc)
+    return checked, broken
+
+
+def broken_refusal(broken: dict[str, str], n_categories: int) -> str:
+    """One line naming every broken category and why, and the way out."""
+    rest = n_categories - len(broken)
+    listed = "; ".join(f"{cat}: {why}" for cat, why in broken.items())
+    way_out = (f"fix {'it' if len(broken) == 1 else 'them'}, or add --skip-broken to train the other {rest}"
+               if rest else "fix them first")
+    return (f"{len(broken)} of the {n_categories} categories cannot be trained, nothing was trained: {listed}; "
+            f"{way_out}")
 
 
 def dry_run(args: argparse.Namespace, device: torch.device) -> None:
     """Check files, masks, sizes, device and memory; print a report; train nothing."""
     print(f"device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
     categories = resolve_categories(args.dataset, args.data_path, args.category)
-    problems = 0
-    for cat in categories:
-        train = find_train_images(args.dataset, args.data_path, cat)
-        for p in train:
-            _image_size(p)
-        tests = find_test_samples(args.dataset, args.data_path, cat)
-        mismatched = 0
-        for s in tests:
-            hw = _image_size(s.image_path)
-            if s.mask_path is not None and _image_size(s.mask_path) != hw:
-                mismatched += 1
-        if mismatched:
+    checked, broken = check_categories(args, categories, progress=not args.quiet)
+    if broken and not args.skip_broken:
+        raise TransFusionError(broken_refusal(broken, len(categories)))
+    problems = len(broken)
+    for c in checked:
+        if c.mismatched_masks:
             problems += 1
-            print(f"[{cat}] warning: {mismatched} mask(s) differ in size from their image (they will be resized)")
-        n_bad = sum(s.label for s in tests)
-        print(f"[{cat}] {len(train)} training images, {len(tests)} test images ({n_bad} anomalous): readable")
-        scan = scan_category(args.dataset, args.data_path, cat)
-        if scan.skipped:
-            print(scan.line())
+            print(f"[{c.category}] warning: {c.mismatched_masks} mask(s) differ in size from their image (they will "
+                  f"be resized)")
+        print(f"[{c.category}] {c.n_train} training images, {c.n_test} test images ({c.n_anomalous} anomalous): "
+              f"readable")
+        if c.scan_line:
+            print(c.scan_line)
+    for cat, why in broken.items():
+        print(f"[{cat}] warning: --skip-broken would skip it: {why}")
     refusal = start_refusal(RunPaths(args.log_path, args.run_name), categories, args.resume, args.overwrite)
     if refusal:
         problems += 1

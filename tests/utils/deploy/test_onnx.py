@@ -19,11 +19,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
+import transfusion
 from models.scoring import anomaly_maps
 from models.transparency import TransparencyProcess
 from models.unet import TransFusionUNet, UNetConfig
-from tests.fixtures.helpers import REPO, TINY_FLAGS, TINY_NET, cli, load_reference, tiny_tested_run
+from tests.fixtures.fuzzing import fuzz
+from tests.fixtures.helpers import REPO, TINY_FLAGS, TINY_NET, cli, latest_prediction, load_reference, tiny_tested_run
 from utils.core.errors import TransFusionError
 from utils.deploy.onnx_export import export_network
 from utils.deploy.onnx_session import OnnxNetwork
@@ -152,7 +156,7 @@ def test_reference_weights_exported_reproduce_the_original_at_t5_and_its_reverse
 # ------------------------------------------------------------------ the command line, end to end
 
 def _predictions(logs: Path, run: str, category: str) -> dict[str, dict]:
-    lines = (logs / run / "predictions" / category / "predictions.jsonl").read_text().splitlines()
+    lines = (latest_prediction(logs, run, category) / "predictions.jsonl").read_text().splitlines()
     return {json.loads(x)["path"]: json.loads(x) for x in lines}
 
 
@@ -202,7 +206,7 @@ def test_predict_with_onnxruntime_gives_the_scores_of_the_default_backend(rgb_ex
     for path, rec in torch_recs.items():
         assert onnx_recs[path]["score"] == pytest.approx(rec["score"], abs=1e-4)
         assert onnx_recs[path]["threshold"] == rec["threshold"] and onnx_recs[path]["steps"] == rec["steps"]
-    report = (logs / "r" / "predictions" / "bottle" / "report.html").read_text()
+    report = (latest_prediction(logs, "r", "bottle") / "report.html").read_text()
     assert "onnxruntime" in report and "bottle.onnx" in report
 
 
@@ -371,3 +375,74 @@ def test_a_damaged_onnx_file_is_a_one_line_error(tmp_path):
     with pytest.raises(TransFusionError, match="cannot be loaded by ONNX Runtime") as info:
         OnnxNetwork(bad)
     assert "\n" not in str(info.value)
+
+
+# ------------------------------------------------------------------ the sidecar read back (issue 26)
+
+@pytest.fixture
+def exported_copy(rgb_exported, tmp_path) -> Path:
+    """This test's own copy of rgb_exported's run folder, to damage its sidecar."""
+    import shutil
+
+    shutil.copytree(rgb_exported[1] / "r", tmp_path / "r")
+    return tmp_path / "r"
+
+
+def _refused_sidecar(run: Path, *parts: str) -> None:
+    side = run / "models" / "bottle_onnx.json"
+    with pytest.raises(TransFusionError) as info:
+        transfusion.Detector.from_run(run, "bottle", backend="onnxruntime")
+    msg = str(info.value)
+    assert "\n" not in msg and str(side) in msg and "export again" in msg, msg
+    for part in parts:
+        assert part in msg, msg
+
+
+@pytest.mark.parametrize("key, value, says", [
+    ("unet", "x", '"unet" is "x"'),  # was AttributeError: 'str' object has no attribute 'items'
+    ("unet", {"n_channels": 33}, "a valid network"),
+    ("diffusion_num_steps", 1e15, '"diffusion_num_steps"'),
+    ("depth_norm", [1, "a"], '"depth_norm"'),
+    ("weights_sha256", 5, '"weights_sha256" is 5'),
+])
+def test_a_damaged_sidecar_is_one_line(exported_copy, key, value, says):
+    side_path = exported_copy / "models" / "bottle_onnx.json"
+    side = json.loads(side_path.read_text())
+    side[key] = value
+    side_path.write_text(json.dumps(side))
+    _refused_sidecar(exported_copy, says)
+
+
+def test_a_sidecar_nested_100000_deep_is_one_line(exported_copy):
+    (exported_copy / "models" / "bottle_onnx.json").write_text("[" * 100_000 + "]" * 100_000)  # was RecursionError
+    _refused_sidecar(exported_copy, "nested more than")
+
+
+SIDECAR_KEYS = ("unet", "diffusion_num_steps", "depth_norm", "network_sha256", "weights_sha256", "image_size",
+                "format", "threshold")
+SIDECAR_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(), st.text(max_size=10)),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=5)
+
+
+def test_any_damaged_key_of_the_sidecar_is_refused_or_harmless(exported_copy):
+    """Refused in one line naming the sidecar, or opened with the run's own settings (a key that
+    only documents the file, such as the threshold, may hold anything)."""
+    side_path = exported_copy / "models" / "bottle_onnx.json"
+    good = json.loads(side_path.read_text())
+
+    @fuzz(150)
+    @given(key=st.sampled_from(SIDECAR_KEYS), value=SIDECAR_VALUES)
+    def check(key, value):
+        side_path.write_text(json.dumps({**good, key: value}))
+        try:
+            det = transfusion.Detector.from_run(exported_copy, "bottle", backend="onnxruntime")
+        except TransFusionError as exc:
+            assert "\n" not in str(exc) and str(side_path) in str(exc), str(exc)
+            return
+        assert det.image_size == 32 and det.process.num_steps == 5
+
+    check()
+    side_path.write_text(json.dumps(good))  # the control: the sidecar as exported opens
+    det = transfusion.Detector.from_run(exported_copy, "bottle", backend="onnxruntime")
+    assert det.backend == "onnxruntime" and det.image_size == 32

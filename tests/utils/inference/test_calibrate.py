@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.fixtures.helpers import TINY_FLAGS, cli
+from tests.fixtures.helpers import TINY_FLAGS, cli, latest_prediction
 from tests.fixtures.layouts import make_mvtec, make_mvtec3d
 from utils.inference.calibration_rule import calibrate_threshold
 
@@ -160,7 +160,7 @@ def test_calibrate_on_held_out_images_stores_the_rule_and_predict_applies_it(hel
     images = data / "bottle" / "train" / "good"
     out = cli("-c", "predict", *common, "--input", str(images)).stdout
     assert "decisions: calibrated threshold" in out and str(logs / "h" / "models" / "bottle_meta.json") in out
-    recs = [json.loads(x) for x in (logs / "h" / "predictions" / "bottle" / "predictions.jsonl").read_text().split("\n")
+    recs = [json.loads(x) for x in (latest_prediction(logs, "h", "bottle") / "predictions.jsonl").read_text().split("\n")
             if x]
     assert len(recs) == 10 and all(r["threshold_kind"] == "calibrated" for r in recs)
     for r in recs:  # defect exactly when score > threshold
@@ -174,7 +174,7 @@ def test_calibrate_on_held_out_images_stores_the_rule_and_predict_applies_it(hel
     middle = sorted(r["score"] for r in recs)[5]
     out = cli("-c", "predict", *common, "--input", str(images), "--threshold", repr(middle)).stdout
     assert "decisions: --threshold threshold" in out
-    recs = [json.loads(x) for x in (logs / "h" / "predictions" / "bottle" / "predictions.jsonl").read_text().split("\n")
+    recs = [json.loads(x) for x in (latest_prediction(logs, "h", "bottle") / "predictions.jsonl").read_text().split("\n")
             if x]
     assert all(r["decision"] == ("defect" if r["score"] >= middle else "OK") for r in recs)
     assert sum(r["decision"] == "defect" for r in recs) == 5

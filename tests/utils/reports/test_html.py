@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.fixtures.helpers import TINY_FLAGS, cli
+from tests.fixtures.helpers import TINY_FLAGS, cli, latest_prediction
 from tests.fixtures.layouts import make_mvtec, make_mvtec3d
 from utils.reports.html import MAX_IMAGE_ROWS, THUMB_SIDE, CategoryPage, ImageRow, render_category_pages
 
@@ -200,7 +200,7 @@ def test_the_run_index_lists_each_category_with_its_numbers_and_link(tested):
 def test_predict_report_matches_predictions_jsonl(tested):
     data, logs, common = tested
     cli("-c", "predict", *common, "--input", str(data / "bottle" / "test" / "*" / "*.png"))
-    folder = logs / "t" / "predictions" / "bottle"
+    folder = latest_prediction(logs, "t", "bottle")
     recs = [json.loads(x) for x in (folder / "predictions.jsonl").read_text().splitlines()]
     text = (folder / "report.html").read_text()
     page = Page(text)

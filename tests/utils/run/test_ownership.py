@@ -180,11 +180,12 @@ def test_category_all_names_every_category_with_weights_before_anything_starts(t
         cli("-c", "train", "-r", "r", "-d", str(root), "--category", cat, "--log-path", str(logs),
             "--epoch-num", "1", *TINY_FLAGS)
     before = sorted(p.name for p in (logs / "r" / "models").iterdir())
+    # --skip-broken: past the refusal of the 13 empty categories, to the one about trained weights
     result = cli("-c", "train", "-r", "r", "-d", str(root), "--category", "all", "--log-path", str(logs),
-                 "--epoch-num", "1", *TINY_FLAGS, check=False)
+                 "--epoch-num", "1", "--skip-broken", *TINY_FLAGS, check=False)
     line = one_error_line(result)
     assert "bottle, cable" in line
-    assert "training " not in result.stdout  # refused before any category started
+    assert "categories on " not in result.stdout  # refused before any category started ("training 2 ...")
     assert sorted(p.name for p in (logs / "r" / "models").iterdir()) == before
 
 

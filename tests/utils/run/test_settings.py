@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.fixtures.helpers import TINY_FLAGS, cli
+from tests.fixtures.helpers import TINY_FLAGS, cli, latest_prediction
 from tests.fixtures.layouts import make_mvtec
 
 # every test here drives the command line, a subprocess or a trained run
@@ -76,7 +76,7 @@ def test_every_command_uses_the_runs_size_and_t_without_the_flags(run):
     assert {n: tested[n] for n in expected} == pytest.approx(expected, abs=1e-7)  # 8 decimals in the CSV
 
     cli("-c", "predict", "--input", str(data / "bottle" / "test" / "good"), "--eval-steps", str(K), *common)
-    lines = (logs / "r" / "predictions" / "bottle" / "predictions.jsonl").read_text().splitlines()
+    lines = (latest_prediction(logs, "r", "bottle") / "predictions.jsonl").read_text().splitlines()
     predicted = {Path(r["path"]).name: r["score"] for r in map(json.loads, lines)}
     assert predicted == pytest.approx(expected, abs=1e-9)
 
@@ -101,7 +101,7 @@ def test_an_explicit_image_size_overrides_the_runs_and_says_so(run):
     notes = [line for line in r.stdout.splitlines() if "trained at" in line]
     assert notes == [f"[bottle] note: trained at 64 px ({logs / 'r' / 'models' / 'bottle_meta.json'}); scoring at "
                      f"the --img-size 32 given"]
-    lines = (logs / "r" / "predictions" / "bottle" / "predictions.jsonl").read_text().splitlines()
+    lines = (latest_prediction(logs, "r", "bottle") / "predictions.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["score"] == pytest.approx(expected[good[0].name], abs=1e-6)  # batch of 1 vs 2
     # the same size given explicitly is no override: nothing is said
     same = cli("-c", "predict", "--input", str(good[0]), "--eval-steps", str(K), "--img-size", str(SIZE), *common)
