@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -54,6 +55,20 @@ def box_smooth(maps: torch.Tensor, kernel_size: int) -> torch.Tensor:
     padded = F.pad(maps, (k // 2, (k - 1) // 2, k // 2, (k - 1) // 2))
     weight = torch.full((1, 1, k, k), 1.0 / (k * k), dtype=maps.dtype, device=maps.device)
     return F.conv2d(padded, weight)
+
+
+def map_at_size(anomaly_map: torch.Tensor | np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """One H'×W' anomaly map resized to ``hw`` = (H, W) with bilinear interpolation, pixel centres
+    aligned (``align_corners=False``): the rule that takes a map from the working size back to its
+    image's own size (`Detector`'s ``input_size_maps``, MVTec AD 2's native-resolution metrics).
+    float32 or float64 in (tensor or array), a numpy array of the same dtype out."""
+    t = torch.as_tensor(anomaly_map)
+    if t.dim() != 2 or t.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"map_at_size takes one float32/float64 map [H, W], got {t.dtype} {list(t.shape)}")
+    h, w = (int(v) for v in hw)
+    if h < 1 or w < 1:
+        raise ValueError(f"map_at_size: the size must be positive (H, W), got {tuple(hw)}")
+    return F.interpolate(t[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0].cpu().numpy()
 
 
 @dataclass

@@ -28,11 +28,15 @@ N_n normal pixels, and "#n < a" = number of normal pixels with value < a):
   precision(>= v) (scikit-learn's average_precision_score, no interpolation), which is
   the mean over anomalous pixels a of (#a >= a) / (#all >= a): tied pixels share one
   precision, so each distinct value is weighted by how many anomalous pixels hold it.
+
+The building blocks (`anomalous_pixels`, `sort_anomalous`, `PixelRanks` over a `SortedPixels`,
+`ranked_pixel_metrics`) are shared with utils/evaluation/native_metrics.py, which computes the
+same metrics at each image's own resolution from counts instead of one sorted copy.
 """
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -57,6 +61,12 @@ def _check_scores_labels(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarr
     if np.isnan(s).any():
         raise ValueError("scores contain NaN")
     return s, y
+
+
+def _check_max_fpr(max_fpr: float) -> None:
+    """The integration limit of an AUPRO: a false-positive rate in (0, 1]."""
+    if not 0.0 < max_fpr <= 1.0:
+        raise ValueError(f"max_fpr must be in (0, 1], got {max_fpr}")
 
 
 def _check_maps_masks(maps: Any, masks: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -164,7 +174,7 @@ def f1_max(scores: Any, labels: Any) -> tuple[float, float] | None:
 # Pixel level
 # ---------------------------------------------------------------------------
 
-def _anomalous_pixels(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def anomalous_pixels(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Values of all anomalous pixels, their component index and the component sizes.
 
     Components are labelled per image (8-connectivity) inside the bounding box
@@ -199,31 +209,80 @@ def _anomalous_pixels(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, 
 _CHUNK = 1 << 18
 
 
-class _PixelRanks:
-    """All map values sorted once, the anomalous ones sorted apart with their PRO weights, and
-    the counting searches the pixel metrics are built from."""
+class SortedPixels:
+    """Every pixel value of the maps, sorted: the one full-size copy pixel_metrics makes.
 
-    def __init__(self, maps: np.ndarray, masks: np.ndarray) -> None:
-        a_values, a_component, sizes = _anomalous_pixels(maps, masks)
-        self.n_total = maps.size
-        self.n_anom = a_values.size
+    This is the counting interface `PixelRanks` is built on (``n_total``, ``below``,
+    ``candidates``, ``thresholds_from``); utils/evaluation/native_metrics.py gives the same
+    interface from counts of the normal pixels between anomalous values, for maps that do not fit
+    in memory together."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.values = values
+        self.n_total = values.size
+
+    def below(self, v: np.ndarray, side: str) -> np.ndarray:
+        """#pixels < v (side='left') or <= v (side='right'), int64."""
+        return np.searchsorted(self.values, v, side=side).astype(np.int64, copy=False)
+
+    def candidates(self) -> np.ndarray:
+        """Sorted values among which the tie group that crosses a false-positive rate is
+        searched (it is always a normal pixel's value; anomalous ones in between do no harm)."""
+        return self.values
+
+    def thresholds_from(self, u_star: np.ndarray | None, curve_points: int | None,
+                        a_sorted: np.ndarray) -> np.ndarray:
+        """The distinct values >= u_star (all when None), descending, thinned to about
+        ``curve_points`` by rank among all pixels; the first and last value always stay."""
+        first = 0 if u_star is None else int(np.searchsorted(self.values, u_star, side="left")[0])
+        tail = self.values[first:]
+        if curve_points is not None and tail.size > max(curve_points, 2):
+            picks = np.linspace(0, tail.size - 1, max(curve_points, 2)).round().astype(np.int64)
+            tail = tail[np.unique(picks)]
+        return np.unique(tail)[::-1]
+
+
+def sort_anomalous(parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The anomalous pixels' values ascending and each one's PRO weight 1 / (|C| * K), from
+    ``parts`` = [values, component index, component sizes] as `anomalous_pixels` gives them.
+    ``parts`` is emptied, so the unsorted values are freed as soon as they are sorted."""
+    a_values, a_component, sizes = parts
+    parts.clear()
+    order = np.argsort(a_values)
+    a_sorted = a_values[order]
+    del a_values
+    weight_of_component = 1.0 / (sizes.astype(np.float64) * sizes.size)
+    return a_sorted, weight_of_component[a_component[order]]
+
+
+class PixelRanks:
+    """The pixels' values (a `SortedPixels` or the same interface), the anomalous ones sorted
+    apart with their PRO weights, and the counting searches the pixel metrics are built from."""
+
+    def __init__(self, pixels: Any, a_sorted: np.ndarray, w_sorted: np.ndarray) -> None:
+        self.pixels = pixels
+        self.n_total = int(pixels.n_total)
+        self.a_sorted = a_sorted
+        self.w_sorted = w_sorted
+        self.n_anom = a_sorted.size
         self.n_norm = self.n_total - self.n_anom
-        if self.n_anom == 0 or self.n_norm == 0:
-            return
+
+    @classmethod
+    def of_maps(cls, maps: np.ndarray, masks: np.ndarray) -> PixelRanks | None:
+        """The ranks of [N,H,W] maps and masks; None when there is no anomalous or no normal pixel."""
+        parts = list(anomalous_pixels(maps, masks))
+        if parts[0].size == 0 or parts[0].size == maps.size:
+            return None
         # The one full-size copy of the maps.
-        self.all_sorted = np.sort(maps, axis=None)
-        if self.all_sorted.dtype.kind == "f" and np.isnan(self.all_sorted[-1]):  # NaN sorts last
+        all_sorted = np.sort(maps, axis=None)
+        if all_sorted.dtype.kind == "f" and np.isnan(all_sorted[-1]):  # NaN sorts last
             raise ValueError("anomaly maps contain NaN")
-        # Anomalous pixels in ascending order with their PRO weight 1 / (|C| * K).
-        order = np.argsort(a_values)
-        self.a_sorted = a_values[order]
-        del a_values
-        weight_of_component = 1.0 / (sizes.astype(np.float64) * sizes.size)
-        self.w_sorted = weight_of_component[a_component[order]]
+        a_sorted, w_sorted = sort_anomalous(parts)
+        return cls(SortedPixels(all_sorted), a_sorted, w_sorted)
 
     def normals_below(self, v: np.ndarray, side: str) -> np.ndarray:
         """#normal pixels < v (side='left') or <= v (side='right')."""
-        below = np.searchsorted(self.all_sorted, v, side=side).astype(np.int64, copy=False)
+        below = self.pixels.below(v, side)
         below -= np.searchsorted(self.a_sorted, v, side=side)
         return below
 
@@ -236,23 +295,24 @@ class _PixelRanks:
         k = math.floor(max_fpr * self.n_norm)
         if k >= self.n_norm:
             return None
-        lo, hi = 0, self.n_total - 1  # invariant: true at lo (all normals >= min)
+        values = self.pixels.candidates()
+        lo, hi = 0, values.size - 1  # invariant: true at lo (all normals >= min)
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if self.n_norm - int(self.normals_below(self.all_sorted[mid:mid + 1], "left")[0]) > k:
+            if self.n_norm - int(self.normals_below(values[mid:mid + 1], "left")[0]) > k:
                 lo = mid
             else:
                 hi = mid - 1
-        return self.all_sorted[lo:lo + 1]
+        return values[lo:lo + 1]
 
-    def rank_sums(self, base: int) -> tuple[int, float, float]:
-        """Over anomalous pixels a: sum of (#normals < a) + (#normals <= a), the PRO area of the
-        normal pixels above ``base`` (those fully inside the integration range), and the
+    def rank_sums(self, bases: Sequence[int]) -> tuple[int, list[float], float]:
+        """Over anomalous pixels a: sum of (#normals < a) + (#normals <= a), for each base the PRO
+        area of the normal pixels above it (those fully inside an integration range), and the
         average precision (mean over a of the precision at threshold a, see pixel_metrics)."""
-        rank_sum, area, precision_sum = 0, 0.0, 0.0
+        rank_sum, areas, precision_sum = 0, [0.0] * len(bases), 0.0
         for start in range(0, self.n_anom, _CHUNK):
             a = self.a_sorted[start:start + _CHUNK]  # ascending: the searches walk forward
-            n_lt = np.searchsorted(self.all_sorted, a, side="left").astype(np.int64, copy=False)
+            n_lt = self.pixels.below(a, "left")
             anom_lt = np.searchsorted(self.a_sorted, a, side="left")
             # precision at threshold a: anomalous >= a over all >= a (both >= 1: a itself)
             precision = np.subtract(self.n_anom, anom_lt, dtype=np.float64)
@@ -263,15 +323,19 @@ class _PixelRanks:
             del anom_lt
             n_le = self.normals_below(a, "right")
             rank_sum += int(n_lt.sum()) + int(n_le.sum())
-            # Normal pixels above u_star and below (or at) a: each contributes w_a / 2 for
-            # PRO(>= v) and w_a / 2 for PRO(> v) over width 1 / n_norm.
-            np.subtract(n_lt, base, out=n_lt)
-            np.maximum(n_lt, 0, out=n_lt)
-            np.subtract(n_le, base, out=n_le)
-            np.maximum(n_le, 0, out=n_le)
-            n_lt += n_le
-            area += float(np.dot(self.w_sorted[start:start + _CHUNK], n_lt))
-        return rank_sum, area / (2.0 * self.n_norm), precision_sum / self.n_anom
+            weights = self.w_sorted[start:start + _CHUNK]
+            for i, base in enumerate(bases):
+                last = i == len(bases) - 1  # the last base may work in place
+                lt, le = (n_lt, n_le) if last else (n_lt.copy(), n_le.copy())
+                # Normal pixels above the base and below (or at) a: each contributes w_a / 2 for
+                # PRO(>= v) and w_a / 2 for PRO(> v) over width 1 / n_norm.
+                np.subtract(lt, base, out=lt)
+                np.maximum(lt, 0, out=lt)
+                np.subtract(le, base, out=le)
+                np.maximum(le, 0, out=le)
+                lt += le
+                areas[i] += float(np.dot(weights, lt))
+        return rank_sum, [area / (2.0 * self.n_norm) for area in areas], precision_sum / self.n_anom
 
     def make_pro(self) -> None:
         """prefix[j] = weight of a_sorted[:j]; the PRO at a threshold whose insertion point into
@@ -288,16 +352,10 @@ class _PixelRanks:
         return self.total - self.prefix[np.searchsorted(self.a_sorted, v, side=side)]
 
 
-def _pro_curve(r: _PixelRanks, u_star: np.ndarray | None, max_fpr: float, pro_at_max: float,
+def _pro_curve(r: PixelRanks, u_star: np.ndarray | None, max_fpr: float, pro_at_max: float,
                curve_points: int | None) -> tuple[np.ndarray, np.ndarray]:
     """The PRO curve from (0, 0) to FPR = max_fpr, every point exactly on the curve."""
-    first = 0 if u_star is None else int(np.searchsorted(r.all_sorted, u_star, side="left")[0])
-    tail = r.all_sorted[first:]
-    if curve_points is not None and tail.size > max(curve_points, 2):
-        # Thin by rank among all pixels; the first and last value always stay.
-        picks = np.linspace(0, tail.size - 1, max(curve_points, 2)).round().astype(np.int64)
-        tail = tail[np.unique(picks)]
-    thresholds = np.unique(tail)[::-1]  # descending, u_star last
+    thresholds = r.pixels.thresholds_from(u_star, curve_points, r.a_sorted)  # descending, u_star last
     fpr_ge = (r.n_norm - r.normals_below(thresholds, "left")) / r.n_norm
     fpr_gt = (r.n_norm - r.normals_below(thresholds, "right")) / r.n_norm
     # Each threshold contributes both ends of its segment: (FPR(>u), PRO(>u))
@@ -310,6 +368,42 @@ def _pro_curve(r: _PixelRanks, u_star: np.ndarray | None, max_fpr: float, pro_at
         fpr[-1] = max_fpr
         pro[-1] = pro_at_max
     return fpr, pro
+
+
+def _crossing_area(r: PixelRanks, u_star: np.ndarray, base: int, max_fpr: float) -> tuple[float, float]:
+    """The area of the straddling tie group up to max_fpr (linearly interpolated) and the PRO there."""
+    fpr_lo = (r.n_norm - base) / r.n_norm  # FPR just above u_star
+    fpr_hi = (r.n_norm - int(r.normals_below(u_star, "left")[0])) / r.n_norm
+    pro_gt = float(r.pro_at(u_star, "right")[0])
+    pro_ge = float(r.pro_at(u_star, "left")[0])
+    width = max(max_fpr - fpr_lo, 0.0)
+    pro_at_max = pro_gt + (pro_ge - pro_gt) * width / (fpr_hi - fpr_lo)
+    return width * (pro_gt + pro_at_max) / 2.0, pro_at_max
+
+
+def ranked_pixel_metrics(r: PixelRanks, max_fprs: Sequence[float],
+                         curve_points: int | None = 0) -> dict[str, Any]:
+    """Pixel AUROC, pixel AP, the AUPRO up to each of ``max_fprs`` (normalised) and the PRO curve
+    of the first one, from ranks (see pixel_metrics). Returns dict(pixel_auroc, pixel_ap,
+    aupros: list, pro_curve); ``r`` is used up (its PRO weights become prefix sums)."""
+    for max_fpr in max_fprs:
+        _check_max_fpr(max_fpr)
+    crossings = [r.crossing_group(max_fpr) for max_fpr in max_fprs]
+    # Normal pixels <= u_star are outside the fully included range.
+    bases = [0 if u_star is None else int(r.normals_below(u_star, "right")[0]) for u_star in crossings]
+    rank_sum, areas, pixel_ap = r.rank_sums(bases)
+    pixel_auroc = rank_sum / (2.0 * r.n_anom * r.n_norm)
+    r.make_pro()
+    aupros, curve = [], None
+    for i, (max_fpr, u_star, base, area) in enumerate(zip(max_fprs, crossings, bases, areas)):
+        pro_at_max = 0.0
+        if u_star is not None:  # the straddling group, linearly interpolated at max_fpr
+            extra, pro_at_max = _crossing_area(r, u_star, base, max_fpr)
+            area += extra
+        aupros.append(area / max_fpr)
+        if i == 0 and curve_points != 0:
+            curve = _pro_curve(r, u_star, max_fpr, pro_at_max, curve_points)
+    return {"pixel_auroc": pixel_auroc, "pixel_ap": pixel_ap, "aupros": aupros, "pro_curve": curve}
 
 
 def pixel_metrics(
@@ -328,30 +422,14 @@ def pixel_metrics(
     (pro_curve is None). All values are None when there is no anomalous or no
     normal pixel.
     """
-    if not 0.0 < max_fpr <= 1.0:
-        raise ValueError(f"max_fpr must be in (0, 1], got {max_fpr}")
+    _check_max_fpr(max_fpr)
     maps, masks = _check_maps_masks(maps, masks)
-    r = _PixelRanks(maps, masks)
-    if r.n_anom == 0 or r.n_norm == 0:
+    r = PixelRanks.of_maps(maps, masks)
+    if r is None:
         return {"pixel_auroc": None, "pixel_ap": None, "aupro": None, "pro_curve": None}
-    u_star = r.crossing_group(max_fpr)
-    # Normal pixels <= u_star are outside the fully included range.
-    base = 0 if u_star is None else int(r.normals_below(u_star, "right")[0])
-    rank_sum, area, pixel_ap = r.rank_sums(base)
-    pixel_auroc = rank_sum / (2.0 * r.n_anom * r.n_norm)
-    r.make_pro()
-    pro_at_max = 0.0
-    if u_star is not None:  # the straddling group, linearly interpolated at max_fpr
-        fpr_lo = (r.n_norm - base) / r.n_norm  # FPR just above u_star
-        fpr_hi = (r.n_norm - int(r.normals_below(u_star, "left")[0])) / r.n_norm
-        pro_gt = float(r.pro_at(u_star, "right")[0])
-        pro_ge = float(r.pro_at(u_star, "left")[0])
-        width = max(max_fpr - fpr_lo, 0.0)
-        pro_at_max = pro_gt + (pro_ge - pro_gt) * width / (fpr_hi - fpr_lo)
-        area += width * (pro_gt + pro_at_max) / 2.0
-    aupro = area / max_fpr
-    curve = None if curve_points == 0 else _pro_curve(r, u_star, max_fpr, pro_at_max, curve_points)
-    return {"pixel_auroc": pixel_auroc, "pixel_ap": pixel_ap, "aupro": aupro, "pro_curve": curve}
+    out = ranked_pixel_metrics(r, [max_fpr], curve_points)
+    return {"pixel_auroc": out["pixel_auroc"], "pixel_ap": out["pixel_ap"], "aupro": out["aupros"][0],
+            "pro_curve": out["pro_curve"]}
 
 
 def pixel_auroc(maps: Any, masks: Any) -> float | None:

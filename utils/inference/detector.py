@@ -19,7 +19,6 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from data.catalog import xyz_path_for
@@ -28,7 +27,7 @@ from data.depth import read_xyz
 from data.io import image_hw, read_rgb_uint8
 from models.modes import IMAGE_CHANNELS, has_depth, has_rgb, rgb_channels
 from models.runtime import RuntimeOptions
-from models.scoring import DEFAULT_SCORING, ScoringOptions, score_batch
+from models.scoring import DEFAULT_SCORING, ScoringOptions, map_at_size, score_batch
 from models.transparency import Network, TransparencyProcess
 from models.unet import UNetConfig
 from utils.core.errors import TransFusionError
@@ -293,8 +292,7 @@ class Detector:
         final = maps.final.cpu()
         resized = None
         if input_size_maps:
-            resized = [F.interpolate(final[i][None, None], size=p.size, mode="bilinear",
-                                     align_corners=False)[0, 0].numpy() for i, p in enumerate(batch)]
+            resized = [map_at_size(final[i], p.size) for i, p in enumerate(batch)]
         assert maps.steps_run is not None  # the reverse loop always counts them
         decisions = None if self.threshold is None else [self.threshold.decide(float(s)) for s in scores]
         return Detection(names=[p.name for p in batch], scores=scores, maps=final.numpy(),
