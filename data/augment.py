@@ -29,6 +29,12 @@ def _to_uint8(x: Tensor) -> Tensor:
     return x.round().clamp_(0, 255).to(torch.uint8)
 
 
+def _lookup(lut: Tensor, channel: Tensor) -> Tensor:
+    """``lut[channel]`` for a 256-entry table and a uint8 channel, indexing with the uint8 values
+    themselves (numpy takes them as indices; torch would first widen every pixel to int64)."""
+    return torch.from_numpy(np.take(lut.numpy(), channel.numpy()))
+
+
 def gamma_contrast(img: Tensor, rng: np.random.Generator) -> Tensor:
     """255 * (v/255)^gamma with gamma ~ U(0.5, 2.0) drawn independently per channel."""
     gammas = rng.uniform(0.5, 2.0, size=img.shape[0])
@@ -36,7 +42,7 @@ def gamma_contrast(img: Tensor, rng: np.random.Generator) -> Tensor:
     out = torch.empty_like(img)
     for c, g in enumerate(gammas):
         lut = _to_uint8(255.0 * base.pow(float(g)))  # a 256-entry table, as imgaug does for uint8
-        out[c] = lut[img[c].long()]
+        out[c] = _lookup(lut, img[c])
     return out
 
 
@@ -148,7 +154,7 @@ def autocontrast(img: Tensor, rng: np.random.Generator) -> Tensor:
     out = torch.empty_like(img)
     ramp = torch.arange(256, dtype=torch.float64)
     for c in range(img.shape[0]):
-        hist = torch.bincount(img[c].reshape(-1).long(), minlength=256)
+        hist = torch.from_numpy(np.bincount(img[c].numpy().reshape(-1), minlength=256))
         # First value whose cumulative count exceeds `cut`, from the bottom and from the top.
         lo = int(torch.searchsorted(hist.cumsum(0), cut, right=True))
         hi = 255 - int(torch.searchsorted(hist.flip(0).cumsum(0), cut, right=True))
@@ -157,7 +163,7 @@ def autocontrast(img: Tensor, rng: np.random.Generator) -> Tensor:
             continue
         scale = 255.0 / (hi - lo)
         lut = (ramp * scale - lo * scale).trunc().clamp(0, 255).to(torch.uint8)
-        out[c] = lut[img[c].long()]
+        out[c] = _lookup(lut, img[c])
     return out
 
 

@@ -14,7 +14,8 @@ from torch.utils.data import Dataset
 from data.catalog import xyz_path_for
 from data.depth import check_xyz, depth_range, normalise_depth, preprocess_depth, read_xyz
 from data.discovery import TestSample, check_dataset, find_test_samples, find_train_images
-from data.io import image_hw, read_mask, read_rgb, rgb_array_input
+from data.image_cache import DecodedImages, decoded_bytes
+from data.io import image_hw, network_rgb, read_mask, read_rgb, read_rgb_resized, rgb_array_input
 from models.modes import MODES, has_depth, has_rgb
 from utils.core.errors import TransFusionError
 
@@ -84,6 +85,7 @@ class TrainDataset(Dataset):
     these files when not given), which the test set must reuse.
     ``exclude``: file names left out (images held out for calibration); ``fg_masks`` still
     pair with all sorted training images by position, so the kept images keep their masks.
+    :meth:`keep_decoded` decodes the rgb images once, into memory, for every later item.
     """
 
     def __init__(
@@ -133,15 +135,36 @@ class TrainDataset(Dataset):
                 # the raw, full-size z before resizing or filling, as the released code takes it
                 depth_norm = depth_range(raw_extremes)
             self.depth_norm = (float(depth_norm[0]), float(depth_norm[1]))
+        self._decoded: DecodedImages | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    @property
+    def decoded_bytes(self) -> int:
+        """The memory :meth:`keep_decoded` takes: the rgb images at S x S as uint8 (0 in mode d)."""
+        return decoded_bytes(len(self.paths), self.img_size) if has_rgb(self.mode) else 0
+
+    @property
+    def keeps_decoded(self) -> bool:
+        return self._decoded is not None
+
+    def keep_decoded(self, threads: int = 1, progress: bool = False) -> None:
+        """Decode and resize every rgb training image once (``threads`` at a time), keeping the
+        uint8 S x S results in one array: every later item converts its image from there, the very
+        tensor a read of the file gives (data/io.read_rgb). Depth maps are kept already."""
+        if not has_rgb(self.mode) or self._decoded is not None:
+            return
+        decoded = DecodedImages(len(self.paths), self.img_size)
+        decoded.fill(lambda i: read_rgb_resized(self.paths[i], self.img_size), threads, progress,
+                     desc=f"[{self.category}] decoding {len(self.paths)} training images once")
+        self._decoded = decoded
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         s = self.img_size
         parts: list[torch.Tensor] = []
         if has_rgb(self.mode):
-            parts.append(read_rgb(self.paths[i], s))
+            parts.append(network_rgb(self._decoded[i]) if self._decoded is not None else read_rgb(self.paths[i], s))
         if not has_depth(self.mode):
             fg = self.fg_masks[self._fg_index[i]].float() if self.fg_masks is not None else torch.ones(1, s, s)
         else:

@@ -27,8 +27,8 @@ from PIL import Image, ImageOps
 
 from utils.core.errors import TransFusionError
 
-__all__ = ["read_rgb", "read_rgb_uint8", "rgb_array_input", "read_mask", "image_hw", "max_image_pixels",
-           "pixel_limit"]
+__all__ = ["read_rgb", "read_rgb_resized", "network_rgb", "read_rgb_uint8", "rgb_array_input", "read_mask",
+           "image_hw", "max_image_pixels", "pixel_limit"]
 
 
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
@@ -249,13 +249,16 @@ def read_rgb_uint8(path: str | os.PathLike) -> np.ndarray:
 
 
 def read_rgb(path: str | os.PathLike, size: int) -> torch.Tensor:
-    """Read an image as a float32 [3, size, size] tensor in [-1, 1] (docs/method.md §1).
+    """Read an image as a float32 [3, size, size] tensor in [-1, 1] (docs/method.md §1):
+    :func:`network_rgb` of :func:`read_rgb_resized`."""
+    return network_rgb(read_rgb_resized(path, size))
 
-    Resizing happens on the 8-bit PIL image, bilinear, exactly like torchvision's
-    ``Resize`` on a PIL image; grayscale is resized first and stacked afterwards,
-    which is identical per channel and three times cheaper.
-    """
-    return _network_rgb(_as_8bit(_open(path, "image")), size)
+
+def read_rgb_resized(path: str | os.PathLike, size: int) -> np.ndarray:
+    """The first half of :func:`read_rgb`: the image decoded, made 8-bit and resized to
+    size x size, as uint8 [size, size, 3] (what the training set keeps in memory, so that every
+    later epoch only runs :func:`network_rgb` on it and gets the very tensor a read gives)."""
+    return _resized_uint8(_as_8bit(_open(path, "image")), size)
 
 
 def rgb_array_input(rgb: np.ndarray, size: int, name: str = "image array") -> torch.Tensor:
@@ -267,16 +270,23 @@ def rgb_array_input(rgb: np.ndarray, size: int, name: str = "image array") -> to
             f"{name}: got a {arr.dtype} array of shape {tuple(arr.shape)}; expected RGB uint8 HxWx3 (0..255, RGB "
             f"order: reverse OpenCV's BGR with [..., ::-1]), or a float tensor [B, C, S, S] already in [-1, 1]"
         )
-    return _network_rgb(Image.fromarray(np.ascontiguousarray(arr)), size)
+    return network_rgb(_resized_uint8(Image.fromarray(np.ascontiguousarray(arr)), size))
 
 
-def _network_rgb(im: Image.Image, size: int) -> torch.Tensor:
-    """An 8-bit 'L' or 'RGB' PIL image → float32 [3, size, size] in [-1, 1] (docs/method.md §1)."""
-    im = im.resize((int(size), int(size)), Image.BILINEAR)
-    arr = np.asarray(im, dtype=np.float32)
+def _resized_uint8(im: Image.Image, size: int) -> np.ndarray:
+    """An 8-bit 'L' or 'RGB' PIL image, resized bilinearly on its 8-bit values as torchvision's
+    ``Resize`` does on a PIL image, as uint8 [size, size, 3]. Grayscale is resized first and
+    stacked afterwards: identical per channel and three times cheaper."""
+    arr = np.asarray(im.resize((int(size), int(size)), Image.BILINEAR))
     if arr.ndim == 2:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
-    arr = (arr / 255.0 - 0.5) * 2.0
+    return arr
+
+
+def network_rgb(resized: np.ndarray) -> torch.Tensor:
+    """uint8 [S, S, 3] -> the network's float32 [3, S, S] in [-1, 1]: ``(v/255 - 0.5) * 2``
+    (docs/method.md §1), in float32 as the released code computes it."""
+    arr = (np.asarray(resized, dtype=np.float32) / 255.0 - 0.5) * 2.0
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 

@@ -34,24 +34,23 @@ def rand_perlin_2d(shape: tuple[int, int], res: tuple[int, int], rng: np.random.
     angles = 2.0 * math.pi * rng.random((ry + 1, rx + 1))
     gy, gx = np.cos(angles), np.sin(angles)  # unit gradient per lattice point, (row, column) parts
 
-    # Position inside the lattice cell, exact in integer arithmetic (no float drift over the image).
-    fy = ((np.arange(h) % dy) / dy)[:, None]  # [h, 1]
-    fx = ((np.arange(w) % dx) / dx)[None, :]  # [1, w]
-
-    def expand(a: np.ndarray) -> np.ndarray:
-        # Each lattice cell's value repeated over its dy x dx pixels (cheaper than fancy indexing).
-        return np.repeat(np.repeat(a, dy, axis=0), dx, axis=1)
+    # Laid out as [cell row, row in cell, cell column, column in cell], so that each lattice cell's
+    # gradient broadcasts over its dy x dx pixels (no repeated copy of it) and the position inside
+    # the cell is exact in integer arithmetic (no float drift over the image); the same float64
+    # operations on the same values as a pixel-by-pixel evaluation, reshaped to [h, w] at the end.
+    fy = (np.arange(dy) / dy)[None, :, None, None]
+    fx = (np.arange(dx) / dx)[None, None, None, :]
 
     def corner(oy: int, ox: int) -> np.ndarray:
         # Dot product of the corner's gradient with the offset from that corner.
         sl = (slice(oy, oy + ry), slice(ox, ox + rx))
-        return expand(gy[sl]) * (fy - oy) + expand(gx[sl]) * (fx - ox)
+        return gy[sl][:, None, :, None] * (fy - oy) + gx[sl][:, None, :, None] * (fx - ox)
 
     n00, n10, n01, n11 = corner(0, 0), corner(1, 0), corner(0, 1), corner(1, 1)
     ty, tx = _fade(fy), _fade(fx)
     top = n00 + ty * (n10 - n00)
     bottom = n01 + ty * (n11 - n01)
-    return math.sqrt(2.0) * (top + tx * (bottom - top))
+    return (math.sqrt(2.0) * (top + tx * (bottom - top))).reshape(h, w)
 
 
 # The largest working size the command line accepts: far above what the network runs at in

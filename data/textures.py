@@ -12,6 +12,7 @@ from torch import Tensor
 from torchvision.transforms.v2 import functional as F
 
 from data.catalog import DEMO_CATEGORIES, skimage_data_dir
+from data.image_cache import DecodedImages, decoded_bytes
 from data.perlin import rand_perlin_2d
 from utils.core.errors import TransFusionError
 
@@ -104,12 +105,14 @@ class TextureSource:
         procedural: Sequence[str] = (),
         cache: bool = False,
     ) -> None:
-        """Prefer the `from_dtd` / `builtin` constructors. `cache` keeps decoded images in memory
-        (worth it for a small bank, not for the 5640 DTD images)."""
+        """Prefer the `from_dtd` / `builtin` constructors. `cache` keeps the decoded images at
+        their own size, as each is first drawn (a small bank); :meth:`keep_decoded` keeps all of
+        them at the working size, decoded once."""
         self.paths = [Path(p) for p in paths]
         self.procedural = list(procedural)
         self.description = description
         self._cache: dict[int, np.ndarray] | None = {} if cache else None
+        self._decoded: DecodedImages | None = None
         if len(self) == 0:
             raise TransFusionError(f"texture source '{description}' is empty: give it at least one image")
 
@@ -156,6 +159,25 @@ class TextureSource:
     def __repr__(self) -> str:
         return f"TextureSource({self.description})"
 
+    def decoded_bytes(self, size: int) -> int:
+        """The memory :meth:`keep_decoded` takes at ``size``: the texture images as uint8."""
+        return decoded_bytes(len(self.paths), size)
+
+    def keeps_decoded(self, size: int) -> bool:
+        return self._decoded is not None and self._decoded.size == size
+
+    def keep_decoded(self, size: int, threads: int = 1, progress: bool = False) -> None:
+        """Decode every texture image once and keep it resized to ``size`` (as :meth:`sample`
+        resizes it), so that samples at that size come from memory, the same pixels."""
+        if self.keeps_decoded(size):
+            return
+        decoded = DecodedImages(len(self.paths), size)
+        decoded.fill(lambda i: self._resized(i, size).permute(1, 2, 0).numpy(), threads, progress,
+                     desc=f"decoding {len(self.paths)} texture images once")
+        self._decoded = decoded
+        if self._cache is not None:
+            self._cache.clear()  # the full-size copies are not needed any more
+
     def _image(self, i: int) -> np.ndarray:
         if self._cache is None:
             return _load_rgb(self.paths[i])
@@ -170,10 +192,17 @@ class TextureSource:
         in torch: OpenCV's thread pool can deadlock in forked DataLoader workers).
         """
         i = int(rng.integers(len(self)))
+        if i < len(self.paths) and self._decoded is not None and self._decoded.size == size:
+            return torch.from_numpy(self._decoded[i].transpose(2, 0, 1).copy())  # a copy: the kept one is only read
         if i < len(self.paths):
-            img = torch.from_numpy(self._image(i)).permute(2, 0, 1)
-            if img.shape[1] != size or img.shape[2] != size:
-                img = F.resize(img, [size, size], interpolation=F.InterpolationMode.BILINEAR, antialias=False)
+            img = self._resized(i, size)
         else:
             img = torch.from_numpy(_procedural(self.procedural[i - len(self.paths)], size, rng)).permute(2, 0, 1)
         return img.contiguous()
+
+    def _resized(self, i: int, size: int) -> Tensor:
+        """Texture image ``i`` as uint8 [3, size, size]."""
+        img = torch.from_numpy(self._image(i)).permute(2, 0, 1)
+        if img.shape[1] != size or img.shape[2] != size:
+            img = F.resize(img, [size, size], interpolation=F.InterpolationMode.BILINEAR, antialias=False)
+        return img

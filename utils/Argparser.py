@@ -21,7 +21,9 @@ from utils.commands import COMMANDS
 from utils.core.errors import TransFusionError
 from utils.demo.recipe import DEMO_SETTINGS
 from utils.inference.calibration_rule import DEFAULT_CONFIDENCE
-from utils.run.settings import DEFAULT_DIFFUSION_STEPS, DEFAULT_IMG_SIZE, runtime_options, unet_config
+from utils.machine.resources import WORKERS_RULE
+from utils.run.settings import DEFAULT_DIFFUSION_STEPS, DEFAULT_IMG_SIZE, data_workers, runtime_options, unet_config
+from utils.training.caching import CACHE_RULE
 
 
 def _fraction(text: str) -> float:
@@ -128,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_project_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The flags this project adds to the original's (a second screen of build_parser)."""
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu... (default: cuda if available)")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    p.add_argument("--workers", type=int, default=None, help=f"DataLoader worker processes ({WORKERS_RULE})")
+    p.add_argument("--no-image-cache", action="store_true", help=CACHE_RULE.replace("%", "%%"))
     p.add_argument("--eval-bs", type=int, default=8, help="evaluation batch size (same numbers at any size)")
     p.add_argument("--save-every", type=int, default=10, help="checkpoint every N epochs")
     p.add_argument("--keep-last", type=int, default=2, help="training-state checkpoints to keep")
@@ -190,6 +193,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.data_path = args.demo_path
     args.given_flags = given_flags(argv)
     _check(parser, args)
+    args.workers = data_workers(args)
     return args
 
 
@@ -274,7 +278,7 @@ def _check_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         parser.error(f"--threshold must be a finite number, got {args.threshold}")
     for flag, least in (("step_size", 1), ("keep_last", 1), ("workers", 0), ("eval_epoch_num", 0),
                         ("seed", 0), ("unet_n_blocks", 1)):
-        if getattr(args, flag) < least:
+        if getattr(args, flag) is not None and getattr(args, flag) < least:
             parser.error(f"--{flag.replace('_', '-')} must be at least {least}, got {getattr(args, flag)}")
     if args.max_image_pixels is not None and args.max_image_pixels < 1:
         parser.error(f"--max-image-pixels must be at least 1, got {args.max_image_pixels}")

@@ -24,12 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from models.modes import DEFAULT_BASE_WIDTH, base_width, has_depth, is_two_branch, network_width
 from models.runtime import BACKENDS, RuntimeOptions
 from models.scoring import ScoringOptions
 from models.transparency import TransparencyProcess
 from models.unet import UNetConfig
 from utils.core.errors import TransFusionError
+from utils.machine.resources import default_workers
 from utils.run.meta import read_meta
 from utils.run.paths import RunPaths
 
@@ -62,6 +65,19 @@ def unet_config(args: argparse.Namespace) -> UNetConfig:
         raise TransFusionError(f"--unet-* flags do not describe a valid network ({why}); "
                                f"--unet-channel-num {base} --unet-ch-mults {' '.join(map(str, args.unet_ch_mults))}"
                                ) from None
+
+
+def data_workers(args: argparse.Namespace) -> int:
+    """``--workers``, or where it is not given the rule of utils/machine/resources.WORKERS_RULE
+    for the device ``--device`` names (by default CUDA where present, as utils/machine/distributed
+    picks it; a name that is no device counts as the CPU here and is refused there)."""
+    if args.workers is not None:
+        return args.workers
+    try:
+        device_type = torch.device(args.device).type if args.device else None
+    except RuntimeError:
+        device_type = "cpu"
+    return default_workers(device_type or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def runtime_options(args: argparse.Namespace) -> RuntimeOptions:

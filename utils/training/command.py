@@ -75,18 +75,24 @@ def _move_aside(paths: RunPaths, categories: list[str], stamp: str) -> str | Non
 def _train_each(args: Any, categories: list[str], device: torch.device, paths: RunPaths, dist: Dist,
                 per_category: Dist) -> dict[str, TrainOutcome]:
     """Train the categories in turn; stop at the first one interrupted by Ctrl-C."""
+    from utils.training.feed import texture_source
+
     speaks = dist.is_main or per_category is SINGLE
     if speaks:
         where = f"{device}" + (f", {dist.world_size} processes" if dist.enabled else "")
-        print(f"training {len(categories)} categor{'y' if len(categories) == 1 else 'ies'} on {where}: "
+        print(f"training {len(categories)} categor{'y' if len(categories) == 1 else 'ies'} on {where} "
+              f"({args.workers} DataLoader worker{'' if args.workers == 1 else 's'}{' each' if dist.enabled else ''}): "
               f"{', '.join(categories) or '-'}; run folder {paths.root}")
+    textures = texture_source(args, announce=False) if has_rgb(args.mode) and categories else None  # one per run
     outcomes = {}
     for cat in categories:
-        outcomes[cat] = outcome = train_category(args, cat, device, paths, per_category)
+        outcomes[cat] = outcome = train_category(args, cat, device, paths, per_category, textures)
         if outcome.interrupted:
             break
         if speaks:
-            print(f"[{cat}] trained {outcome.epochs_done} epochs in {outcome.seconds / 60:.1f} min; "
+            share = outcome.data_wait_share
+            waited = "" if share is None else f" ({share:.0%} of it waiting for data)"
+            print(f"[{cat}] trained {outcome.epochs_done} epochs in {outcome.seconds / 60:.1f} min{waited}; "
                   f"weights: {paths.weights(cat)}")
     return outcomes
 

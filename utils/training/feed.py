@@ -18,6 +18,7 @@ from utils.core.errors import TransFusionError
 from utils.machine.distributed import SINGLE, Dist, barrier
 from utils.run.meta import read_meta
 from utils.run.paths import RunPaths
+from utils.training import caching
 
 
 def texture_source(args: Any, announce: bool = True) -> TextureSource:
@@ -81,6 +82,17 @@ def check_same_holdout(paths: RunPaths, category: str, holdout: dict[str, Any] |
                                f"resume with the same option")
 
 
+def _keep_decoded(args: Any, category: str, train_set: TrainDataset, textures: TextureSource | None,
+                  dist: Dist) -> None:
+    """Keep the images decoded if they fit; rank 0 says so (another rank only when it cannot)."""
+    chosen = caching.keep_decoded(train_set, textures, args.no_image_cache, progress=not args.quiet and dist.is_main)
+    line = chosen.line(category, args.img_size)
+    if line and dist.is_main:
+        print(line)
+    elif line and not chosen.keeps_images:
+        print(f"rank {dist.rank}: {line}")
+
+
 @dataclass
 class TrainingData:
     process: TransparencyProcess
@@ -91,9 +103,12 @@ class TrainingData:
     holdout: dict[str, Any] | None = None  # --holdout: the images left out, for the meta
 
 
-def training_data(args: Any, category: str, paths: RunPaths, dist: Dist = SINGLE) -> TrainingData:
+def training_data(args: Any, category: str, paths: RunPaths, dist: Dist = SINGLE,
+                  textures: TextureSource | None = None, keep_decoded: bool = True) -> TrainingData:
     """Foreground masks, the training set (less the --holdout images), the synthesizer and the
-    half-anomalous loader."""
+    half-anomalous loader. ``textures``: the run's texture source (one for all its categories),
+    else made here. ``keep_decoded``: decode the images once, into memory, where the rule of
+    utils/training/caching.py allows (before the loader starts its workers, which share them)."""
     process = TransparencyProcess(args.diffusion_num_steps, args.mode)
     fg = foreground_masks(args, category, paths, dist)
     if fg is not None and dist.is_main:
@@ -106,7 +121,10 @@ def training_data(args: Any, category: str, paths: RunPaths, dist: Dist = SINGLE
                   f"-c calibrate: {', '.join(holdout['files'][:5])}{', ...' if holdout['count'] > 5 else ''}")
     train_set = TrainDataset(args.dataset, args.data_path, category, args.mode, args.img_size, fg_masks=fg,
                              exclude=frozenset(holdout["files"]) if holdout else ())
-    textures = texture_source(args, announce=False) if has_rgb(args.mode) else None
+    if textures is None and has_rgb(args.mode):
+        textures = texture_source(args, announce=False)
+    if keep_decoded:
+        _keep_decoded(args, category, train_set, textures, dist)
     synthesizer = AnomalySynthesizer(args.mode, args.img_size, textures)
     loader = make_train_loader(train_set, synthesizer, args.bs, args.seed, args.workers,
                                rank=dist.rank, world_size=dist.world_size)

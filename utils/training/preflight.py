@@ -27,6 +27,7 @@ from utils.core.errors import TransFusionError
 from utils.run.ownership import start_refusal
 from utils.run.paths import RunPaths
 from utils.run.settings import unet_config
+from utils.training import caching
 
 GIB = 1024 ** 3
 
@@ -178,12 +179,14 @@ def broken_refusal(broken: dict[str, str], n_categories: int) -> str:
 
 def dry_run(args: argparse.Namespace, device: torch.device) -> None:
     """Check files, masks, sizes, device and memory; print a report; train nothing."""
-    print(f"device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+    print(f"device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+          + f"; {args.workers} DataLoader workers")
     categories = resolve_categories(args.dataset, args.data_path, args.category)
     checked, broken = check_categories(args, categories, progress=not args.quiet)
     if broken and not args.skip_broken:
         raise TransFusionError(broken_refusal(broken, len(categories)))
     problems = len(broken)
+    largest = max(((c.n_train, c.category) for c in checked), default=(0, ""))
     for c in checked:
         if c.mismatched_masks:
             problems += 1
@@ -199,10 +202,13 @@ def dry_run(args: argparse.Namespace, device: torch.device) -> None:
     if refusal:
         problems += 1
         print(f"warning: -c train would refuse to start: {refusal}")
-    if args.dtd_path:
-        from data.textures import TextureSource
+    from data.textures import TextureSource
 
-        print(f"textures: {TextureSource.from_dtd(args.dtd_path).description}")
+    textures = TextureSource.from_dtd(args.dtd_path) if args.dtd_path else TextureSource.builtin()
+    if args.dtd_path:
+        print(f"textures: {textures.description}")
+    print(caching.plan(largest[0], args.mode, args.img_size, textures, args.no_image_cache).report(largest[1],
+                                                                                                  args.img_size))
     n_params = parameter_count(args)
     mem = training_memory_estimate(args)
     need = checkpoint_bytes(n_params, args.keep_last)

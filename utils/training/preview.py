@@ -30,7 +30,7 @@ MAX_ROWS = 64  # rows drawn in the PNG; the .npz always holds all N samples
 def collect_samples(args: Any, category: str, paths: RunPaths, n: int) -> dict[str, np.ndarray]:
     """The first ``n`` samples training would see (both halves of each batch, in order,
     continuing into the next epochs when the training set is smaller than ``n``)."""
-    data = training_data(args, category, paths)
+    data = training_data(args, category, paths, keep_decoded=False)  # a few samples: not worth decoding all
     gen = torch.Generator().manual_seed(args.seed)  # rank 0's step generator, as in training
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("x0", "x_t", "eps", "mask", "mask_c", "t", "anomalous")}
     got = 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from data.datasets import TestDataset
 from data.discovery import find_test_samples, scan_category
+from data.textures import TextureSource
 from models.checkpoint import CheckpointError, load_state_dict_file, save_released
 from models.losses import LossTerms, transfusion_loss
 from models.transparency import TransparencyProcess, make_training_input
@@ -36,6 +37,16 @@ from utils.training.state import TrainState
 MAX_BAD_STEPS = 5  # consecutive non-finite losses before the run stops
 
 
+@dataclass(frozen=True)
+class EpochTime:
+    """Where one epoch's time went: ``seconds`` of training steps, ``data_wait`` of them spent
+    blocked on the loader for the next batch, ``samples`` trained on (this rank's)."""
+
+    seconds: float
+    data_wait: float
+    samples: int
+
+
 @dataclass
 class TrainOutcome:
     category: str
@@ -44,6 +55,13 @@ class TrainOutcome:
     last_metrics: dict[str, Any] | None
     interrupted: bool = False
     model: torch.nn.Module | None = None  # the trained network (unwrapped)
+    epoch_times: list[EpochTime] = field(default_factory=list)  # the epochs this run trained, in order
+
+    @property
+    def data_wait_share(self) -> float | None:
+        """The share of the training steps' time spent waiting for data (None: nothing trained)."""
+        total = sum(e.seconds for e in self.epoch_times)
+        return sum(e.data_wait for e in self.epoch_times) / total if total > 0 else None
 
 
 class _StopFlag:
@@ -107,7 +125,8 @@ def _announce_evaluation(args: Any, category: str, test_set: TestDataset, start_
 class _CategoryTrainer:
     """One category's training run: the state, the loop, the checkpoints, the logs."""
 
-    def __init__(self, args: Any, category: str, device: torch.device, paths: RunPaths, dist: Dist) -> None:
+    def __init__(self, args: Any, category: str, device: torch.device, paths: RunPaths, dist: Dist,
+                 textures: TextureSource | None = None) -> None:
         self.args, self.category, self.device, self.paths, self.dist = args, category, device, paths, dist
         self.progress = not args.quiet and dist.is_main
         self.log = print if dist.is_main else (lambda *a, **k: None)
@@ -115,7 +134,7 @@ class _CategoryTrainer:
         cfg = unet_config(args)
         if dist.is_main:
             print(scan_category(args.dataset, args.data_path, category).line())
-        self.data: TrainingData = training_data(args, category, paths, dist)
+        self.data: TrainingData = training_data(args, category, paths, dist, textures)
         self.meta = build_meta(cfg, args, 0, self.data.depth_norm)
         self.meta["fg_masks"] = fg_mask_record(args, self.data.fg)
         if self.data.holdout:
@@ -138,6 +157,7 @@ class _CategoryTrainer:
         self.bad_in_a_row = 0
         self.last_metrics: dict[str, Any] | None = None
         self.writer: SummaryWriter | None = None
+        self.epoch_times: list[EpochTime] = []
 
     def resume(self) -> None:
         cat, paths = self.category, self.paths
@@ -212,7 +232,8 @@ class _CategoryTrainer:
         self.state.optimizer.zero_grad(set_to_none=True)
 
     def _epoch(self, forward: torch.nn.Module, stop: _StopFlag) -> dict[str, float] | None:
-        """The rest of epoch ``state.epoch``: mean loss terms, or None when stopped by Ctrl-C."""
+        """The rest of epoch ``state.epoch``: mean loss terms, or None when stopped by Ctrl-C.
+        Its time, and the part of it spent waiting for the loader, go to ``epoch_times``."""
         s, loader = self.state, self.data.loader
         loader.batch_sampler.set_epoch(s.epoch, start_batch=s.batch)
         s.net.train()
@@ -220,7 +241,14 @@ class _CategoryTrainer:
         n_done = 0
         bar = tqdm(loader, desc=f"[{self.category}] epoch {s.epoch + 1}/{self.args.epoch_num}",
                    disable=not self.progress, leave=False, unit="batch", total=len(loader) - s.batch)
-        for batch in bar:
+        batches, waited, samples, t0 = iter(bar), 0.0, 0, time.perf_counter()
+        while True:
+            asked = time.perf_counter()
+            batch = next(batches, None)
+            waited += time.perf_counter() - asked
+            if batch is None:
+                break
+            samples += len(batch["image"])
             terms = self._step(forward, batch)
             s.batch += 1
             if terms is not None:
@@ -229,10 +257,12 @@ class _CategoryTrainer:
                     sums[k] = sums.get(k, 0.0) + v
                 bar.set_postfix(loss=f"{terms.total.item():.4f}")
             if terms is not None and any_rank(self.dist, stop.requested, self.device):
+                self.epoch_times.append(EpochTime(time.perf_counter() - t0, waited, samples))
                 sync_buffers(s.net, self.dist)
                 self.meta.update(epoch=s.epoch)
                 s.save(self.paths, self.category, self.args.keep_last, self.meta, self.dist)
                 return None  # run_train says what was saved, once
+        self.epoch_times.append(EpochTime(time.perf_counter() - t0, waited, samples))
         return {k: v / max(1, n_done) for k, v in sums.items()}
 
     def _end_of_epoch(self, losses: dict[str, float], evaluator: torch.nn.Module) -> None:
@@ -245,6 +275,10 @@ class _CategoryTrainer:
             for k, v in losses.items():
                 self.writer.add_scalar(f"loss/{k}", v, s.epoch)
             self.writer.add_scalar("lr", s.optimizer.param_groups[0]["lr"], s.epoch)
+            spent = self.epoch_times[-1]
+            if spent.seconds > 0:  # is the device fed? (docs/performance.md, "Training data path")
+                self.writer.add_scalar("time/samples_per_s", spent.samples / spent.seconds, s.epoch)
+                self.writer.add_scalar("time/data_wait_share", spent.data_wait / spent.seconds, s.epoch)
         if self.progress and losses:
             tqdm.write(f"[{self.category}] epoch {s.epoch}: loss {losses['total']:.4f}")
         self.meta.update(epoch=s.epoch)
@@ -284,18 +318,20 @@ class _CategoryTrainer:
                     losses = self._epoch(forward, stop)
                     if losses is None:
                         return TrainOutcome(self.category, s.epoch, time.perf_counter() - t0, self.last_metrics,
-                                            True, s.net)
+                                            True, s.net, self.epoch_times)
                     self._end_of_epoch(losses, evaluator)
         finally:
             if self.writer:
                 self.writer.close()
-        return TrainOutcome(self.category, args.epoch_num, time.perf_counter() - t0, self.last_metrics, model=s.net)
+        return TrainOutcome(self.category, args.epoch_num, time.perf_counter() - t0, self.last_metrics, model=s.net,
+                            epoch_times=self.epoch_times)
 
 
 def train_category(args: Any, category: str, device: torch.device, paths: RunPaths,
-                   dist: Dist = SINGLE) -> TrainOutcome:
-    """Train one category; with ``dist`` enabled, as one rank of DistributedDataParallel."""
-    trainer = _CategoryTrainer(args, category, device, paths, dist)
+                   dist: Dist = SINGLE, textures: TextureSource | None = None) -> TrainOutcome:
+    """Train one category; with ``dist`` enabled, as one rank of DistributedDataParallel.
+    ``textures``: the run's texture source, shared by its categories (else made for this one)."""
+    trainer = _CategoryTrainer(args, category, device, paths, dist, textures)
     if args.resume:
         trainer.resume()
     return trainer.run()
