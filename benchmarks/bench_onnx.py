@@ -77,9 +77,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build_net(kind: str):
     import torch
+    from tests.helpers import TINY_NET
 
     from models.unet import TransFusionUNet, UNetConfig
-    from tests.helpers import TINY_NET
 
     torch.manual_seed(0)
     cfg = UNetConfig(mode="rgb", **TINY_NET) if kind == "tiny" else UNetConfig(mode="rgb")

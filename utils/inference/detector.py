@@ -32,6 +32,7 @@ from models.scoring import DEFAULT_SCORING, ScoringOptions, score_batch
 from models.transparency import Network, TransparencyProcess
 from models.unet import UNetConfig
 from utils.core.errors import TransFusionError
+from utils.run.meta import category_view, network_for
 from utils.run.network import load_network
 from utils.run.paths import RunPaths
 from utils.run.settings import DepthSource, Requested, run_settings, runtime_from, scoring_from
@@ -133,7 +134,9 @@ class Detector:
         are what a run without a meta file (released weights) uses (default 256 / 20).
         ``requested``: the command line's explicit flags instead of the two keywords;
         ``depth_from_training``: for depth modes whose run has no depth range (released weights),
-        a callable that takes it from the training set."""
+        a callable that takes it from the training set.
+        On a run of one multi-class network (-c train_multiclass), ``category`` is "multiclass" (the
+        thresholds of the whole union) or one of its categories (that category's thresholds)."""
         from utils.machine.distributed import pick_device
 
         paths = RunPaths.at(run_dir)
@@ -141,6 +144,7 @@ class Detector:
         scoring = scoring_from(kernel_size, weight, eval_steps, early_stop)
         dev = pick_device("cpu" if backend == "onnxruntime" and device is None else device)
         _check_category(paths, category, backend)
+        network_key, view = network_for(paths, category)
         if isinstance(threshold, (int, float)) and not isinstance(threshold, bool):
             threshold = explicit_threshold(threshold, "given", "given to Detector.from_run")
         requested = replace(requested, eval_steps=scoring.eval_steps) if requested else \
@@ -149,19 +153,19 @@ class Detector:
         if backend == "onnxruntime":
             from utils.deploy.onnx_files import open_exported
 
-            exported = open_exported(paths, category, dev)
+            exported = open_exported(paths, network_key, dev)
             network, config, network_file = exported.network, exported.config, exported.path
         else:
-            net = load_network(paths, category, runtime, dev)
-            network, config, network_file = runtime.callable(net), net.cfg, paths.weights(category)
-        settings = run_settings(paths, category, config, requested, depth_from_training)
+            net = load_network(paths, network_key, runtime, dev)
+            network, config, network_file = runtime.callable(net), net.cfg, paths.weights(network_key)
+        settings = run_settings(paths, network_key, config, requested, depth_from_training)
         if exported is not None:
             from utils.deploy.onnx_files import check_matches_run
 
-            check_matches_run(paths, category, exported, settings)
+            check_matches_run(paths, network_key, exported, settings)
         return cls(network, settings.process, settings.image_size, depth_norm=settings.depth_norm, scoring=scoring,
                    runtime=runtime, device=dev,
-                   threshold=choose_threshold(settings.meta, settings.meta_path, threshold),
+                   threshold=choose_threshold(category_view(settings.meta, view), settings.meta_path, threshold),
                    batch_size=batch_size, backend=backend, config=config, category=category, meta=settings.meta,
                    network_file=network_file, notes=settings.notes)
 
@@ -304,7 +308,9 @@ class Detector:
 
 
 def _check_category(paths: RunPaths, category: str, backend: str) -> None:
-    """A one-line error for a run folder or category that is not there."""
-    if backend == "onnxruntime" and paths.onnx(category).is_file():
+    """A one-line error for a run folder or category that is not there (a category of the run's
+    multi-class network is there)."""
+    network_key, _ = network_for(paths, category) if paths.models.is_dir() else (category, None)
+    if backend == "onnxruntime" and paths.onnx(network_key).is_file():
         return
-    paths.require_weights(category)
+    paths.require_weights(network_key)

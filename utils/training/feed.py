@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from data.datasets import TrainDataset
+from torch.utils.data import Dataset
+
+from data.datasets import TrainDataset, UnionTrainDataset, union_order
 from data.discovery import find_train_images
 from data.fg_masks import DEFAULT_FG_MASK_PATH, FgMaskSource
 from data.synthesis import AnomalySynthesizer
@@ -16,7 +18,7 @@ from models.modes import has_depth, has_rgb
 from models.transparency import TransparencyProcess
 from utils.core.errors import TransFusionError
 from utils.machine.distributed import SINGLE, Dist, barrier
-from utils.run.meta import read_meta
+from utils.run.meta import category_view, read_meta
 from utils.run.paths import RunPaths
 
 
@@ -30,11 +32,13 @@ def texture_source(args: Any, announce: bool = True) -> TextureSource:
     return source
 
 
-def foreground_masks(args: Any, category: str, paths: RunPaths, dist: Dist = SINGLE) -> FgMaskSource | None:
+def foreground_masks(args: Any, category: str, paths: RunPaths, dist: Dist = SINGLE,
+                     texture_rule: bool = True) -> FgMaskSource | None:
     """Rank 0 computes (and caches) the masks first; the other ranks then read the cache.
 
     The released masks are looked for in --fg-mask-path, else in ./fg_masks/ as the released
-    code does; where the default folder lacks them they are computed, and the run says so."""
+    code does; where the default folder lacks them they are computed, and the run says so.
+    ``texture_rule`` False (-c train_multiclass): texture categories get masks too."""
     if has_depth(args.mode):
         return None  # depth modes use the depth plane mask, made by the dataset
     train_paths = find_train_images(args.dataset, args.data_path, category)
@@ -43,12 +47,13 @@ def foreground_masks(args: Any, category: str, paths: RunPaths, dist: Dist = SIN
         if dist.is_main == turn:
             fg = FgMaskSource.for_category(args.dataset, category, train_paths, args.img_size,
                                            args.fg_mask_path or DEFAULT_FG_MASK_PATH, not args.no_fg_masks,
-                                           paths.fg_mask_cache(category), required=args.fg_mask_path is not None)
+                                           paths.fg_mask_cache(category), required=args.fg_mask_path is not None,
+                                           texture_rule=texture_rule)
         barrier(dist)
     return fg
 
 
-def fg_mask_record(args: Any, fg: FgMaskSource | None) -> dict[str, Any]:
+def fg_mask_record(args: Any, fg: FgMaskSource | None, texture_rule: bool = True) -> dict[str, Any]:
     """Which foreground masks placed the synthetic anomalies, for the meta and summary files."""
     if fg is not None:
         return fg.record()
@@ -56,6 +61,7 @@ def fg_mask_record(args: Any, fg: FgMaskSource | None) -> dict[str, Any]:
         return {"kind": "depth-plane", "path": ""}
     if args.no_fg_masks:
         return {"kind": "none", "path": "", "why": "--no-fg-masks"}
+    assert texture_rule, "without the texture rule every category gets masks"
     return {"kind": "none", "path": "", "why": "texture category"}
 
 
@@ -70,11 +76,13 @@ def choose_holdout(train_paths: list[Path], k: int, category: str) -> dict[str, 
     return {"count": k, "of": n, "files": [p.name for p in picked], "folder": str(picked[0].parent.resolve())}
 
 
-def check_same_holdout(paths: RunPaths, category: str, holdout: dict[str, Any] | None) -> None:
-    """--resume must train on the images the run started with: the same --holdout."""
+def check_same_holdout(paths: RunPaths, category: str, holdout: dict[str, Any] | None,
+                       of: str | None = None) -> None:
+    """--resume must train on the images the run started with: the same --holdout (``of``: the
+    category of the multi-class network ``category``, whose meta keeps it per category)."""
     if not paths.train_states(category):
         return
-    stored = read_meta(paths, category).get("holdout")
+    stored = category_view(read_meta(paths, category), of).get("holdout")
     if (stored or {}).get("files") != (holdout or {}).get("files"):
         was = f"--holdout {stored['count']}" if stored else "no --holdout"
         raise TransFusionError(f"--resume: {category} was trained with {was} ({paths.meta(category)}); "
@@ -82,20 +90,37 @@ def check_same_holdout(paths: RunPaths, category: str, holdout: dict[str, Any] |
 
 
 @dataclass
+class CategoryImages:
+    """One category's training images as training takes them, and what the meta records of them."""
+
+    train_set: TrainDataset
+    fg: FgMaskSource | None
+    holdout: dict[str, Any] | None  # --holdout: the images left out
+
+
+@dataclass
 class TrainingData:
     process: TransparencyProcess
-    train_set: TrainDataset
+    train_set: Dataset
     loader: Any
-    fg: FgMaskSource | None
     depth_norm: tuple[float, float] | None
-    holdout: dict[str, Any] | None = None  # --holdout: the images left out, for the meta
+    parts: dict[str, CategoryImages]  # per category (one for -c train, the union's for -c train_multiclass)
+
+    @property
+    def fg(self) -> FgMaskSource | None:
+        """The foreground masks of a one-category training (None: all ones, or several categories)."""
+        return next(iter(self.parts.values())).fg if len(self.parts) == 1 else None
+
+    @property
+    def holdout(self) -> dict[str, Any] | None:
+        """The images a one-category training left out (per category: `parts`)."""
+        return next(iter(self.parts.values())).holdout if len(self.parts) == 1 else None
 
 
-def training_data(args: Any, category: str, paths: RunPaths, dist: Dist = SINGLE) -> TrainingData:
-    """Foreground masks, the training set (less the --holdout images), the synthesizer and the
-    half-anomalous loader."""
-    process = TransparencyProcess(args.diffusion_num_steps, args.mode)
-    fg = foreground_masks(args, category, paths, dist)
+def category_images(args: Any, category: str, paths: RunPaths, dist: Dist = SINGLE,
+                    texture_rule: bool = True) -> CategoryImages:
+    """Foreground masks and the training set of one category, less the --holdout images."""
+    fg = foreground_masks(args, category, paths, dist, texture_rule)
     if fg is not None and dist.is_main:
         print(f"[{category}] {fg.note}")
     holdout = None
@@ -106,8 +131,26 @@ def training_data(args: Any, category: str, paths: RunPaths, dist: Dist = SINGLE
                   f"-c calibrate: {', '.join(holdout['files'][:5])}{', ...' if holdout['count'] > 5 else ''}")
     train_set = TrainDataset(args.dataset, args.data_path, category, args.mode, args.img_size, fg_masks=fg,
                              exclude=frozenset(holdout["files"]) if holdout else ())
+    return CategoryImages(train_set, fg, holdout)
+
+
+def training_data(args: Any, category: str, paths: RunPaths, dist: Dist = SINGLE,
+                  categories: list[str] | None = None) -> TrainingData:
+    """Foreground masks, the training set (less the --holdout images), the synthesizer and the
+    half-anomalous loader; with ``categories`` (-c train_multiclass, ``category`` the network's
+    key), one training set of their union (docs/method.md §10: every image with its own category's
+    foreground mask, texture categories included; one depth range over the union)."""
+    process = TransparencyProcess(args.diffusion_num_steps, args.mode)
+    if categories is None:
+        parts = {category: category_images(args, category, paths, dist)}
+        train_set: Dataset = parts[category].train_set
+        depth_norm = parts[category].train_set.depth_norm
+    else:
+        parts = {c: category_images(args, c, paths, dist, texture_rule=False) for c in union_order(categories)}
+        union = UnionTrainDataset([p.train_set for p in parts.values()])
+        train_set, depth_norm = union, union.depth_norm
     textures = texture_source(args, announce=False) if has_rgb(args.mode) else None
     synthesizer = AnomalySynthesizer(args.mode, args.img_size, textures)
     loader = make_train_loader(train_set, synthesizer, args.bs, args.seed, args.workers,
                                rank=dist.rank, world_size=dist.world_size)
-    return TrainingData(process, train_set, loader, fg, train_set.depth_norm, holdout)
+    return TrainingData(process, train_set, loader, depth_norm, parts)

@@ -20,7 +20,7 @@ from data.discovery import find_test_samples, find_train_images, resolve_categor
 from models.unet import TransFusionUNet, UNetConfig
 from utils.core.errors import TransFusionError
 from utils.run.ownership import start_refusal
-from utils.run.paths import RunPaths
+from utils.run.paths import MULTICLASS, RunPaths
 from utils.run.settings import unet_config
 
 GIB = 1024 ** 3
@@ -115,11 +115,14 @@ def _image_size(path: Path) -> tuple[int, int]:
                                f"replace or remove it") from None
 
 
-def dry_run(args: argparse.Namespace, device: torch.device) -> None:
-    """Check files, masks, sizes, device and memory; print a report; train nothing."""
+def dry_run(args: argparse.Namespace, device: torch.device, categories: list[str] | None = None,
+            multiclass: bool = False) -> None:
+    """Check files, masks, sizes, device and memory; print a report; train nothing. ``multiclass``:
+    the one network of -c train_multiclass on the union of ``categories``."""
     print(f"device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
-    categories = resolve_categories(args.dataset, args.data_path, args.category)
-    problems = 0
+    if categories is None:
+        categories = resolve_categories(args.dataset, args.data_path, args.category)
+    problems, n_train = 0, 0
     for cat in categories:
         train = find_train_images(args.dataset, args.data_path, cat)
         for p in train:
@@ -133,12 +136,14 @@ def dry_run(args: argparse.Namespace, device: torch.device) -> None:
         if mismatched:
             problems += 1
             print(f"[{cat}] warning: {mismatched} mask(s) differ in size from their image (they will be resized)")
+        n_train += len(train)
         n_bad = sum(s.label for s in tests)
         print(f"[{cat}] {len(train)} training images, {len(tests)} test images ({n_bad} anomalous): readable")
         scan = scan_category(args.dataset, args.data_path, cat)
         if scan.skipped:
             print(scan.line())
-    refusal = start_refusal(RunPaths(args.log_path, args.run_name), categories, args.resume, args.overwrite)
+    networks = [MULTICLASS] if multiclass else categories
+    refusal = start_refusal(RunPaths(args.log_path, args.run_name), networks, args.resume, args.overwrite)
     if refusal:
         problems += 1
         print(f"warning: -c train would refuse to start: {refusal}")
@@ -153,6 +158,11 @@ def dry_run(args: argparse.Namespace, device: torch.device) -> None:
           f"{args.img_size} px keeps about {mem / GIB:.1f} GiB ({'GPU' if device.type == 'cuda' else 'RAM'}: "
           f"weights, optimizer state, saved activations; the peak is ~1.5x that); "
           f"checkpoints about {need / GIB:.2f} GiB")
+    steps = -(-(n_train - (args.holdout or 0) * len(categories)) // args.bs) if multiclass else None
+    if steps is not None:
+        tflop = 3 * forward_gflop(unet_config(args), args.img_size) * args.bs / 1e3  # forward + backward
+        print(f"union: {n_train} training images of {len(categories)} categories, {steps} steps per epoch, "
+              f"{steps * args.epoch_num} steps for --epoch-num {args.epoch_num}, about {tflop:.2g} TFLOP per step")
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         if 1.5 * mem > free:

@@ -26,7 +26,8 @@ from models.unet import TransFusionUNet, UNetConfig
 from utils.core.errors import TransFusionError
 from utils.evaluation.loop import EvalSettings, evaluate
 from utils.machine.distributed import SINGLE, Dist, any_rank, sync_buffers
-from utils.reports.tables import fmt_pct
+from utils.reports.output_csv import AVERAGE_ROW, append_output_csv
+from utils.reports.tables import avg_line, fmt_pct, mean_metrics
 from utils.run.meta import build_meta
 from utils.run.paths import RunPaths
 from utils.run.settings import Requested, resolve_settings, runtime_options, scoring_options, unet_config
@@ -83,7 +84,7 @@ def evaluates_after(epoch_index: int, every: int) -> bool:
     return every > 0 and epoch_index % every == 0
 
 
-def _announce_evaluation(args: Any, category: str, test_set: TestDataset, start_epoch: int, cfg: UNetConfig,
+def _announce_evaluation(args: Any, category: str, n_images: int, start_epoch: int, cfg: UNetConfig,
                          device: torch.device, log: Any) -> None:
     """Say when the test set will be evaluated during training, and what that costs."""
     from utils.training.preflight import forward_gflop
@@ -92,7 +93,7 @@ def _announce_evaluation(args: Any, category: str, test_set: TestDataset, start_
     if not epochs:
         return
     shown = ", ".join(str(e) for e in epochs[:4]) + (f", ... ({len(epochs)} in all)" if len(epochs) > 4 else "")
-    line = (f"[{category}] evaluating the {len(test_set)} test images after epoch{'s' if len(epochs) > 1 else ''} "
+    line = (f"[{category}] evaluating the {n_images} test images after epoch{'s' if len(epochs) > 1 else ''} "
             f"{shown} (--eval-epoch-num {args.eval_epoch_num}")
     if device.type == "cpu":
         steps = len(TransparencyProcess(args.diffusion_num_steps).schedule(args.eval_steps))
@@ -105,27 +106,30 @@ def _announce_evaluation(args: Any, category: str, test_set: TestDataset, start_
 
 
 class _CategoryTrainer:
-    """One category's training run: the state, the loop, the checkpoints, the logs."""
+    """One network's training run: the state, the loop, the checkpoints, the logs. ``category`` is the
+    network's key in the run folder: one category, or MULTICLASS with ``categories`` its union."""
 
-    def __init__(self, args: Any, category: str, device: torch.device, paths: RunPaths, dist: Dist) -> None:
+    def __init__(self, args: Any, category: str, device: torch.device, paths: RunPaths, dist: Dist,
+                 categories: list[str] | None = None) -> None:
         self.args, self.category, self.device, self.paths, self.dist = args, category, device, paths, dist
+        self.categories = categories or [category]
         self.progress = not args.quiet and dist.is_main
         self.log = print if dist.is_main else (lambda *a, **k: None)
         self.runtime = runtime_options(args)
         cfg = unet_config(args)
         if dist.is_main:
-            print(scan_category(args.dataset, args.data_path, category).line())
-        self.data: TrainingData = training_data(args, category, paths, dist)
-        self.meta = build_meta(cfg, args, 0, self.data.depth_norm)
-        self.meta["fg_masks"] = fg_mask_record(args, self.data.fg)
-        if self.data.holdout:
-            self.meta["holdout"] = self.data.holdout
-        self.test_set, self.eval_with = None, None
-        if args.eval_epoch_num > 0 and find_test_samples(args.dataset, args.data_path, category):
+            for cat in self.categories:
+                print(scan_category(args.dataset, args.data_path, cat).line())
+        self.data: TrainingData = training_data(args, category, paths, dist, categories)
+        self.meta = self._meta(cfg)
+        self.test_sets: dict[str, TestDataset] = {}
+        self.eval_with = None
+        tested = [c for c in self.categories if find_test_samples(args.dataset, args.data_path, c)]
+        if args.eval_epoch_num > 0 and tested:
             # scored as -c test will score the run: the settings resolver on the meta being trained
             self.eval_with = resolve_settings(paths, category, self.meta, cfg, Requested.from_args(args))
-            self.test_set = TestDataset(args.dataset, args.data_path, category, args.mode,
-                                        self.eval_with.image_size, depth_norm=self.eval_with.depth_norm)
+            self.test_sets = {c: TestDataset(args.dataset, args.data_path, c, args.mode, self.eval_with.image_size,
+                                             depth_norm=self.eval_with.depth_norm) for c in tested}
         torch.manual_seed(args.seed)  # the same initial weights on every rank
         net = self.runtime.place(TransFusionUNet(cfg), device)
         opt = torch.optim.AdamW(net.parameters(), lr=args.lr)
@@ -134,10 +138,27 @@ class _CategoryTrainer:
                                                                           gamma=args.gamma),
                                 self.runtime.grad_scaler(device), torch.Generator().manual_seed(args.seed + dist.rank))
         if args.resume:
-            check_same_holdout(paths, category, self.data.holdout)
+            for cat, part in self.data.parts.items():
+                check_same_holdout(paths, category, part.holdout, None if categories is None else cat)
         self.bad_in_a_row = 0
         self.last_metrics: dict[str, Any] | None = None
         self.writer: SummaryWriter | None = None
+
+    def _meta(self, cfg: UNetConfig) -> dict[str, Any]:
+        """What the meta records: the network and settings; the foreground masks and held-out images
+        (for a multi-class network: its categories, and those per category)."""
+        meta = build_meta(cfg, self.args, 0, self.data.depth_norm)
+        if len(self.categories) == 1 and self.categories[0] == self.category:
+            meta["fg_masks"] = fg_mask_record(self.args, self.data.fg)
+            if self.data.holdout:
+                meta["holdout"] = self.data.holdout
+            return meta
+        meta["categories"] = list(self.data.parts)
+        meta["per_category"] = {
+            cat: {"fg_masks": fg_mask_record(self.args, part.fg, texture_rule=False),
+                  **({"holdout": part.holdout} if part.holdout else {})}
+            for cat, part in self.data.parts.items()}
+        return meta
 
     def resume(self) -> None:
         cat, paths = self.category, self.paths
@@ -250,31 +271,47 @@ class _CategoryTrainer:
         self.meta.update(epoch=s.epoch)
         if s.epoch % args.save_every == 0 or s.epoch == args.epoch_num:
             s.save(self.paths, self.category, args.keep_last, self.meta, self.dist)
-        if self.test_set is not None and evaluates_after(epoch_index, args.eval_epoch_num):
+        if self.test_sets and evaluates_after(epoch_index, args.eval_epoch_num):
             self._evaluate(evaluator)
 
     def _evaluate(self, evaluator: torch.nn.Module) -> None:
+        """Every test set of the network; a multi-class network's per-category rows and their
+        Average go to output.csv (docs/method.md §10), its mean to TensorBoard as eval/<metric>."""
+        assert self.eval_with is not None
         settings = EvalSettings(scoring=scoring_options(self.args), runtime=self.runtime,
                                 batch_size=self.args.eval_bs, workers=0)
-        out = evaluate(evaluator, self.eval_with.process, self.test_set, self.device, settings, dist=self.dist,
-                       progress=self.progress, desc=f"[{self.category}] evaluate")
-        self.last_metrics = out.metrics
+        rows = {}
+        for cat, test_set in self.test_sets.items():
+            out = evaluate(evaluator, self.eval_with.process, test_set, self.device, settings, dist=self.dist,
+                           progress=self.progress, desc=f"[{cat}] evaluate")
+            rows[cat] = out.metrics
+            if self.dist.is_main:
+                tqdm.write(f"[{cat}] epoch {self.state.epoch}: image AUROC {fmt_pct(out.metrics['image_auroc'])}, "
+                           f"AUPRO {fmt_pct(out.metrics['aupro'])}")
+        multi = self.categories != [self.category]
+        self.last_metrics = mean_metrics(rows) if multi else rows[self.category]
         if self.writer:
-            for k, v in out.metrics.items():
+            for cat, metrics in rows.items():
+                for k, v in metrics.items():
+                    if isinstance(v, float):
+                        self.writer.add_scalar(f"eval/{cat}/{k}" if multi else f"eval/{k}", v, self.state.epoch)
+            for k, v in (self.last_metrics.items() if multi else ()):
                 if isinstance(v, float):
                     self.writer.add_scalar(f"eval/{k}", v, self.state.epoch)
-        if self.dist.is_main:
-            tqdm.write(f"[{self.category}] epoch {self.state.epoch}: image AUROC "
-                       f"{fmt_pct(out.metrics['image_auroc'])}, AUPRO {fmt_pct(out.metrics['aupro'])}")
+        if multi and self.dist.is_main:
+            for cat, metrics in {**rows, AVERAGE_ROW: self.last_metrics}.items():
+                append_output_csv(self.paths.output_csv, self.args.run_name, cat, self.state.epoch, metrics,
+                                  network=self.category)
+            tqdm.write(f"[{self.category}] epoch {self.state.epoch}: {avg_line(rows)}")
 
     def run(self) -> TrainOutcome:
         s, args = self.state, self.args
         if s.epoch >= args.epoch_num:
             self.log(f"[{self.category}] already trained for {s.epoch} epochs (--epoch-num {args.epoch_num})")
             return TrainOutcome(self.category, s.epoch, 0.0, None)
-        if self.test_set is not None:
-            _announce_evaluation(args, self.category, self.test_set, s.epoch, s.net.cfg,
-                                 self.device, self.log)
+        if self.test_sets:
+            _announce_evaluation(args, self.category, sum(len(t) for t in self.test_sets.values()), s.epoch,
+                                 s.net.cfg, self.device, self.log)
         forward, evaluator = self._networks()
         self.writer = SummaryWriter(str(self.paths.tensorboard(self.category))) if self.dist.is_main else None
         t0 = time.perf_counter()
@@ -293,9 +330,10 @@ class _CategoryTrainer:
 
 
 def train_category(args: Any, category: str, device: torch.device, paths: RunPaths,
-                   dist: Dist = SINGLE) -> TrainOutcome:
-    """Train one category; with ``dist`` enabled, as one rank of DistributedDataParallel."""
-    trainer = _CategoryTrainer(args, category, device, paths, dist)
+                   dist: Dist = SINGLE, categories: list[str] | None = None) -> TrainOutcome:
+    """Train one category (or, with ``categories``, one multi-class network on their union under the
+    key ``category``); with ``dist`` enabled, as one rank of DistributedDataParallel."""
+    trainer = _CategoryTrainer(args, category, device, paths, dist, categories)
     if args.resume:
         trainer.resume()
     return trainer.run()
