@@ -3,6 +3,7 @@ its point cloud) into the network's input, which prediction uses too (`array_inp
 for arrays in memory)."""
 from __future__ import annotations
 
+import bisect
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Collection, Sequence
@@ -177,6 +178,12 @@ class UnionTrainDataset(ConcatDataset):
             self.depth_norm = (min(r[0] for r in ranges), max(r[1] for r in ranges))
             for part in parts:
                 part.depth_norm = self.depth_norm
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        """The part's item, with ``class``: the index of its category in `categories`."""
+        item = super().__getitem__(i)
+        part = bisect.bisect_right(self.cumulative_sizes, i if i >= 0 else len(self) + i)
+        return {**item, "class": part}
 
 
 class TestDataset(Dataset):

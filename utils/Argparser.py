@@ -163,6 +163,9 @@ def _add_project_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--malloc-reuse", action="store_true",
                    help="Linux/glibc: reuse freed memory of every size instead of unmapping large "
                         "blocks: faster CPU training at large sizes, for more peak memory (docs/performance.md)")
+    p.add_argument("--class-embedding", action="store_true",
+                   help="train_multiclass: a learned embedding per category added to the step embedding (this "
+                        "project's addition; predict/calibrate/export then need --category)")
     p.add_argument("--split-categories", action="store_true",
                    help="under torchrun with --category all: each process trains its own categories "
                         "instead of sharing every category's batches (DistributedDataParallel)")
@@ -285,6 +288,9 @@ def _check_network(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
 def _check_ownership(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """--resume continues a category's training, --overwrite starts it again: not both."""
+    if args.class_embedding and args.choice != "train_multiclass":
+        parser.error("--class-embedding goes with -c train_multiclass (the network it conditions keeps it: other "
+                     "commands read it from the run)")
     if args.split_categories and args.choice == "train_multiclass":
         parser.error("--split-categories splits categories among processes; -c train_multiclass trains one network "
                      "on all of them (its processes share the batches)")

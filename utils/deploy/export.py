@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from models.conditioning import ClassConditionedUNet
 from models.runtime import RuntimeOptions
 from models.scoring import DEFAULT_SCORING
 from utils.core.atomic import atomic_write_json
@@ -47,9 +48,14 @@ def export_onnx(run_dir: str | os.PathLike, category: str, *, eval_steps: int | 
     net, settings = open_network(paths, network, requested, RuntimeOptions(), torch.device("cpu"))
     for note in settings.notes:
         print(note)
+    classes = list(net.categories) if isinstance(net, ClassConditionedUNet) else None
+    if classes and view is None:
+        raise TransFusionError(f"{paths.class_embedding(network)}: the network is class-conditioned; name the category "
+                               f"whose threshold the export records with --category C (one of {', '.join(classes)}): "
+                               f"the graph takes every category's row as an input")
     check = export_network(net, paths.onnx(network), settings.image_size, settings.num_steps)
     chosen = choose_threshold(category_view(settings.meta, view), settings.meta_path, threshold)
-    record = sidecar(paths, network, net.cfg, settings, scoring, chosen, check)
+    record = sidecar(paths, network, net.cfg, settings, scoring, chosen, check, classes)
     if view:
         record["threshold_category"] = view
     atomic_write_json(paths.onnx_meta(network), record)

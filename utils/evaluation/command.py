@@ -18,6 +18,7 @@ import torch
 
 from data.datasets import TestDataset
 from data.discovery import find_test_samples, resolve_categories, scan_category
+from models.conditioning import ClassConditionedUNet, OneCategory
 from models.modes import has_depth
 from utils.core.errors import TransFusionError
 from utils.evaluation.loop import EvalOutput, EvalSettings, evaluate
@@ -210,6 +211,15 @@ def multiclass_categories(args: argparse.Namespace, meta: dict[str, Any]) -> lis
     return resolve_categories(args.dataset, args.data_path, "all")
 
 
+def _row(net: ClassConditionedUNet, category: str, paths: RunPaths) -> int:
+    """The class-conditioned network's row of ``category``, or a one-line error."""
+    try:
+        return net.index(category)
+    except ValueError as exc:
+        raise TransFusionError(f"{paths.class_embedding(MULTICLASS)}: {exc}; a class-conditioned network scores "
+                               f"only the categories it was trained on") from None
+
+
 def _record_union(args: argparse.Namespace, paths: RunPaths, outputs: dict[str, EvalOutput],
                   tested: dict[str, Tested], epoch: Any) -> None:
     """Rank 0, after every category: the Average row of output.csv and, for -c predict without a
@@ -244,7 +254,8 @@ def test_multiclass(args: argparse.Namespace, paths: RunPaths, device: torch.dev
     forward = runtime.callable(net)
     tested, outputs = {}, {}
     for cat in categories:
-        tested[cat], outputs[cat] = _test_one(args, Target(MULTICLASS, cat), paths, forward, settings, device, dist)
+        scorer = forward if not isinstance(net, ClassConditionedUNet) else OneCategory(forward, _row(net, cat, paths))
+        tested[cat], outputs[cat] = _test_one(args, Target(MULTICLASS, cat), paths, scorer, settings, device, dist)
     if dist.is_main:
         _record_union(args, paths, outputs, tested, settings.meta.get("epoch", "released"))
     return tested

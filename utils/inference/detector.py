@@ -26,6 +26,7 @@ from data.catalog import xyz_path_for
 from data.datasets import array_input, model_input
 from data.depth import read_xyz
 from data.io import image_hw, read_rgb_uint8
+from models.conditioning import ClassConditionedUNet, OneCategory
 from models.modes import IMAGE_CHANNELS, has_depth, has_rgb, rgb_channels
 from models.runtime import RuntimeOptions
 from models.scoring import DEFAULT_SCORING, ScoringOptions, score_batch
@@ -155,9 +156,13 @@ class Detector:
 
             exported = open_exported(paths, network_key, dev)
             network, config, network_file = exported.network, exported.config, exported.path
+            rows = exported.sidecar.get("categories") if exported.sidecar.get("class_conditioned") else None
         else:
             net = load_network(paths, network_key, runtime, dev)
             network, config, network_file = runtime.callable(net), net.cfg, paths.weights(network_key)
+            rows = list(net.categories) if isinstance(net, ClassConditionedUNet) else None
+        if rows is not None:  # class-conditioned: one category's row conditions every image
+            network = OneCategory(network, _conditioning_row(rows, view, paths, network_key))
         settings = run_settings(paths, network_key, config, requested, depth_from_training)
         if exported is not None:
             from utils.deploy.onnx_files import check_matches_run
@@ -305,6 +310,15 @@ class Detector:
                          input_sizes=[p.size for p in batch],
                          input_size_maps=resized,
                          reconstructions=None if recon is None else recon.float().cpu().numpy())
+
+
+def _conditioning_row(categories: list[str], view: str | None, paths: RunPaths, network_key: str) -> int:
+    """The row of a class-conditioned network that ``view`` names, or a one-line error."""
+    if view is None or view not in categories:
+        raise TransFusionError(f"{paths.class_embedding(network_key)}: the network of {paths.root} is "
+                               f"class-conditioned; name the category (--category C, or Detector.from_run(run, C)) as "
+                               f"one of {', '.join(categories)}")
+    return categories.index(view)
 
 
 def _check_category(paths: RunPaths, category: str, backend: str) -> None:

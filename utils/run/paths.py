@@ -10,6 +10,9 @@ Layout of ``<log-path>/<run-name>/``::
                                        <category> below (multiclass_meta.json, multiclass_state_...,
                                        tensorboard/multiclass/, calibration/multiclass/, ...), and its
                                        per-category results go to results/multiclass/<category>/
+    models/multiclass_class_embedding.pt
+                                       --class-embedding: the categories and their rows (the weights
+                                       beside it stay the paper's network)
     models/<category>_meta.json        side file: network config, image size, T, depth range,
                                        epoch, the thresholds of -c test and -c calibrate
     models/<category>_state_eNNNNN_bNNNNN.pt
@@ -69,6 +72,10 @@ class RunPaths:
     def weights(self, category: str) -> Path:
         """``<category>_model.pkl``; the multi-class network's is the original's ``*_model.pkl``."""
         return self.models / f"{_WEIGHTS_STEM.get(category, category)}_model.pkl"
+
+    def class_embedding(self, category: str) -> Path:
+        """-c train_multiclass --class-embedding: the categories and their learned rows."""
+        return self.models / f"{category}_class_embedding.pt"
 
     def meta(self, category: str) -> Path:
         return self.models / f"{category}_meta.json"

@@ -9,6 +9,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from data.datasets import TrainDataset, UnionTrainDataset, union_order
+from data.demo_dataset import source_textures
 from data.discovery import find_train_images
 from data.fg_masks import DEFAULT_FG_MASK_PATH, FgMaskSource
 from data.synthesis import AnomalySynthesizer
@@ -23,10 +24,12 @@ from utils.run.paths import RunPaths
 
 
 def texture_source(args: Any, announce: bool = True) -> TextureSource:
-    """DTD from ``--dtd-path``, else the built-in bank (announced: it is not the paper's)."""
+    """DTD from ``--dtd-path``, else the built-in bank (announced: it is not the paper's), less the
+    textures a generated dataset under -d was cut from (an anomaly must not look like the normal
+    surface)."""
     if args.dtd_path:
         return TextureSource.from_dtd(args.dtd_path)
-    source = TextureSource.builtin()
+    source = TextureSource.builtin(exclude=source_textures(args.data_path))
     if announce:
         print(f"note: no --dtd-path given, anomaly textures come from the {source.description}")
     return source

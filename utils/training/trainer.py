@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from data.datasets import TestDataset
 from data.discovery import find_test_samples, scan_category
-from models.checkpoint import CheckpointError, load_state_dict_file, save_released
+from models.checkpoint import CheckpointError, load_state_dict_file
+from models.conditioning import ClassConditionedUNet, OneCategory
 from models.losses import LossTerms, transfusion_loss
 from models.transparency import TransparencyProcess, make_training_input
 from models.unet import TransFusionUNet, UNetConfig
@@ -29,6 +30,7 @@ from utils.machine.distributed import SINGLE, Dist, any_rank, sync_buffers
 from utils.reports.output_csv import AVERAGE_ROW, append_output_csv
 from utils.reports.tables import avg_line, fmt_pct, mean_metrics
 from utils.run.meta import build_meta
+from utils.run.network import save_network
 from utils.run.paths import RunPaths
 from utils.run.settings import Requested, resolve_settings, runtime_options, scoring_options, unet_config
 from utils.training.feed import TrainingData, check_same_holdout, fg_mask_record, training_data
@@ -131,7 +133,10 @@ class _CategoryTrainer:
             self.test_sets = {c: TestDataset(args.dataset, args.data_path, c, args.mode, self.eval_with.image_size,
                                              depth_norm=self.eval_with.depth_norm) for c in tested}
         torch.manual_seed(args.seed)  # the same initial weights on every rank
-        net = self.runtime.place(TransFusionUNet(cfg), device)
+        built: torch.nn.Module = TransFusionUNet(cfg)
+        if getattr(args, "class_embedding", False):  # rows of zeros: it starts as the unconditioned network
+            built = ClassConditionedUNet(built, list(self.data.parts))
+        net = self.runtime.place(built, device)
         opt = torch.optim.AdamW(net.parameters(), lr=args.lr)
         # t and rotation draws: rank 0 uses the seed itself, so one process matches plain training
         self.state = TrainState(net, opt, torch.optim.lr_scheduler.StepLR(opt, step_size=args.step_size,
@@ -154,6 +159,9 @@ class _CategoryTrainer:
                 meta["holdout"] = self.data.holdout
             return meta
         meta["categories"] = list(self.data.parts)
+        if getattr(self.args, "class_embedding", False):
+            meta["class_embedding"] = {"file": self.paths.class_embedding(self.category).name,
+                                       "categories": list(self.data.parts)}
         meta["per_category"] = {
             cat: {"fg_masks": fg_mask_record(self.args, part.fg, texture_rule=False),
                   **({"holdout": part.holdout} if part.holdout else {})}
@@ -187,7 +195,7 @@ class _CategoryTrainer:
                 return
             except CheckpointError:
                 pass
-        save_released(self.state.net, path)
+        save_network(self.paths, self.category, self.state.net)
         self.log(f"[{self.category}] {path} was damaged or missing: rewritten from the training state "
                  f"(epoch {self.state.epoch}, batch {self.state.batch})")
 
@@ -207,8 +215,9 @@ class _CategoryTrainer:
         s, dev, process = self.state, self.device, self.data.process
         ti = make_training_input(process, batch["image"].to(dev), batch["eps"].to(dev), batch["mask"].to(dev),
                                  batch["mask_c"].to(dev), s.generator)
+        classes = (batch["class"].to(dev),) if isinstance(s.net, ClassConditionedUNet) else ()
         with self.runtime.autocast(dev):
-            eps_hat, x0_hat, logits = forward(torch.cat((ti.x_t, ti.mask_c), 1), ti.t)
+            eps_hat, x0_hat, logits = forward(torch.cat((ti.x_t, ti.mask_c), 1), ti.t, *classes)
         terms = transfusion_loss(process, ti.x_t, ti.t, ti.x0, ti.eps, ti.mask,
                                  eps_hat.float(), x0_hat.float(), logits.float())
         if any_rank(self.dist, not bool(torch.isfinite(terms.total)), dev):
@@ -281,8 +290,10 @@ class _CategoryTrainer:
         settings = EvalSettings(scoring=scoring_options(self.args), runtime=self.runtime,
                                 batch_size=self.args.eval_bs, workers=0)
         rows = {}
+        conditioned = isinstance(self.state.net, ClassConditionedUNet)
         for cat, test_set in self.test_sets.items():
-            out = evaluate(evaluator, self.eval_with.process, test_set, self.device, settings, dist=self.dist,
+            net = OneCategory(evaluator, self.state.net.index(cat)) if conditioned else evaluator
+            out = evaluate(net, self.eval_with.process, test_set, self.device, settings, dist=self.dist,
                            progress=self.progress, desc=f"[{cat}] evaluate")
             rows[cat] = out.metrics
             if self.dist.is_main:
