@@ -134,9 +134,9 @@ def plot(summary: dict, path: Path) -> None:
     for p, (key, title) in enumerate(METRICS[:2]):
         x0, x1, y0, y1 = left + p * pw, left + (p + 1) * pw - 40, top, h - bottom
         vals = [s["rows"][g][key][0] - s["rows"][g][key][1] for s in summary.values() for g in groups]
-        lo = max(0.0, float(np.floor(min(vals) / 5) * 5))
+        lo = max(0.0, float(np.floor(min(vals) / 10) * 10))
         cv2.rectangle(img, (x0, y0), (x1, y1), (0, 0, 0), 1)
-        for v in np.linspace(lo, 100, 6):
+        for v in np.arange(lo, 100.1, 10 if 100 - lo <= 50 else 20):
             y = int(y1 - (v - lo) / (100 - lo) * (y1 - y0))
             cv2.line(img, (x0, y), (x1, y), (225, 225, 225), 1)
             cv2.putText(img, f"{v:.0f}", (x0 - 34, y + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
