@@ -5,7 +5,7 @@
     python benchmarks/bench_onnx.py --sizes 64 --batches 1 --reverse-batches 1 --repeats 5
 
 Network: the paper's rgb TransFusionUNet (n_channels 64, ch_mults 1 2 2 2, attention at the two
-lowest levels + middle; ``--net tiny``: tests/helpers.TINY_NET), random weights (seed 0), float32,
+lowest levels + middle; ``--net tiny``: tests/fixtures/helpers.TINY_NET), random weights (seed 0), float32,
 eval mode, random input in [-1, 1]. PyTorch runs it as the project does by default (contiguous
 layout, torch.inference_mode); ONNX Runtime runs the file models/onnx_export.export_network writes
 for each size (exported once per size, before timing), through models/onnx_session.OnnxNetwork:
@@ -79,7 +79,7 @@ def build_net(kind: str):
     import torch
 
     from models.unet import TransFusionUNet, UNetConfig
-    from tests.helpers import TINY_NET
+    from tests.fixtures.helpers import TINY_NET
 
     torch.manual_seed(0)
     cfg = UNetConfig(mode="rgb", **TINY_NET) if kind == "tiny" else UNetConfig(mode="rgb")

@@ -55,17 +55,14 @@ def ensure_demo_models(log_path: Path, run: str) -> Path:
 def train_bottle(log_path: Path, epochs: int) -> Path:
     """The demo network at 64 px on the real bottle slice (computed foreground masks)."""
     import Experiment
-    from utils.demo.recipe import DEMO_SETTINGS
+    from utils.demo.recipe import DEMO_SETTINGS, recipe_flags
 
     run = log_path / "step_study_bottle"
     if not (run / "models" / "bottle_model.pkl").is_file():
-        s = DEMO_SETTINGS
+        # the demo's recipe, but masks computed for the bottle (an object) and --bottle-epochs epochs
+        settings = {**DEMO_SETTINGS, "epoch_num": epochs, "no_fg_masks": False}
         argv = ["-c", "train", "-r", run.name, "--log-path", str(log_path), "-d", str(ROOT.parent / "shared/data/mvtec_ad"),
-                "--category", "bottle", "--img-size", str(s["img_size"]), "--unet-channel-num", str(s["unet_channel_num"]),
-                "--unet-ch-mults", *map(str, s["unet_ch_mults"]), "--unet-attn", *("T" if a else "F" for a in s["unet_attn"]),
-                "--unet-group-conv", *("T" if a else "F" for a in s["unet_group_conv"]),
-                "--unet-n-blocks", str(s["unet_n_blocks"]), "--epoch-num", str(epochs), "--lr", str(s["lr"]),
-                "--eval-epoch-num", "0", "--workers", "1", "--quiet"]
+                "--category", "bottle", *recipe_flags(settings), "--quiet"]
         if Experiment.main(argv) != 0:
             raise SystemExit("training on the bottle slice failed")
     return run

@@ -28,6 +28,9 @@ DATASET_CATEGORIES: dict[str, tuple[str, ...]] = {
 # The authors' released runs (docs/method.md §9): the input mode each dataset's run was trained in. Their
 # published per-category results (utils/reports/published_data/) are for these modes only.
 RELEASED_RUN_MODES: dict[str, str] = {"mvtec": "rgb", "visa": "rgb", "mvtec3d": "rgbd"}
+# The authors' published multi-class runs (docs/method.md §10: one network for every category), and
+# their mode; their figures are utils/reports/published_data/<dataset>_multiclass.csv.
+PUBLISHED_MULTICLASS_MODES: dict[str, str] = {"mvtec": "rgb"}
 
 # Texture categories: anomalies may appear anywhere, so the foreground mask is all ones (docs/method.md §2).
 TEXTURE_CATEGORIES: frozenset[str] = frozenset({"carpet", "grid", "leather", "tile", "wood", "zipper"})

@@ -3,13 +3,14 @@ its point cloud) into the network's input, which prediction uses too (`array_inp
 for arrays in memory)."""
 from __future__ import annotations
 
+import bisect
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Collection
+from typing import TYPE_CHECKING, Any, Collection, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from data.catalog import xyz_path_for
 from data.depth import check_xyz, depth_range, normalise_depth, preprocess_depth, read_xyz
@@ -173,6 +174,39 @@ class TrainDataset(Dataset):
             parts.append(normalise_depth(depth, *self.depth_norm))
             fg = torch.from_numpy((plane * (depth != 0)).astype(np.float32))[None]
         return {"image": torch.cat(parts, dim=0), "fg": fg, "index": i}
+
+
+def union_order(categories: Sequence[str]) -> list[str]:
+    """Categories in the order of the original's sorted glob ``<root>/*/train/good/*``: by path,
+    i.e. by name followed by "/" (so ``a-b/`` comes before ``a/``), each sorted by file name."""
+    return sorted(dict.fromkeys(categories), key=lambda c: f"{c}/")
+
+
+class UnionTrainDataset(ConcatDataset):
+    """The training images of several categories as one set (-c train_multiclass, docs/method.md
+    §10), in `union_order`; each part keeps its own foreground masks. Depth modes: one range over
+    the union, the smallest gmin and the largest gmax of the parts (as one running min and max
+    over all their raw tiffs), which every part then uses."""
+
+    def __init__(self, parts: Sequence[TrainDataset]) -> None:
+        order = union_order([p.category for p in parts])
+        by_name = {p.category: p for p in parts}
+        parts = [by_name[c] for c in order]
+        super().__init__(parts)
+        self.parts, self.categories = list(parts), order
+        self.paths: list[Path] = [p for part in parts for p in part.paths]
+        self.depth_norm: tuple[float, float] | None = None
+        ranges = [p.depth_norm for p in parts if p.depth_norm is not None]
+        if ranges:
+            self.depth_norm = (min(r[0] for r in ranges), max(r[1] for r in ranges))
+            for part in parts:
+                part.depth_norm = self.depth_norm
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        """The part's item, with ``class``: the index of its category in `categories`."""
+        item = super().__getitem__(i)
+        part = bisect.bisect_right(self.cumulative_sizes, i if i >= 0 else len(self) + i)
+        return {**item, "class": part}
 
 
 class TestDataset(Dataset):

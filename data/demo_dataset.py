@@ -53,7 +53,11 @@ _TINT_RGB: dict[str, tuple[float, float, float]] = {
     "brick": (1.25, 0.80, 0.64),
     "grass": (0.74, 1.10, 0.56),
     "gravel": (1.05, 1.00, 0.90),
+    # not a demo category: a fourth texture for benchmarks/multiclass_study.py (cool grey moon surface)
+    "moon": (0.92, 0.98, 1.12),
 }
+# The textures the generator can cut categories from (the demo uses DEMO_CATEGORIES of them).
+GENERATOR_TEXTURES: tuple[str, ...] = tuple(_TINT_RGB)
 
 # Defects are rendered on a supersampled canvas and area-averaged back down: that gives smooth
 # anti-aliased edges *and* an exact coverage value per pixel from which the mask is thresholded.
@@ -389,7 +393,7 @@ def iter_category_samples(category: str, image_size: int = 128, n_train: int = 4
                           n_test_per_defect: int = 4, seed: int = 0) -> Iterator[DemoSample]:
     """Generate every image of one demo category in a fixed order (train, test good, defects)."""
     if category not in _TINT_RGB:
-        raise TransFusionError(f"demo data: unknown category {category!r}; expected one of {DEMO_CATEGORIES}")
+        raise TransFusionError(f"demo data: unknown category {category!r}; expected one of {GENERATOR_TEXTURES}")
     rng = _category_rng(category, seed)
     for i in range(n_train):
         img = make_normal_image(category, rng, image_size, "train")
@@ -424,6 +428,20 @@ def _expected_files(root: Path, categories: Sequence[str], n_train: int, n_test_
                 yield root / cat / "ground_truth" / defect / f"{i:03d}_mask.png"
 
 
+def source_textures(root: str | Path | None) -> frozenset[str]:
+    """The scikit-image textures a generated dataset at ``root`` was cut from (its manifest's
+    categories), so the built-in anomaly bank can leave them out; empty for any other folder."""
+    if root is None:
+        return frozenset()
+    try:
+        manifest = load_json_file(Path(root) / MANIFEST_NAME)
+    except (OSError, BadJsonFile):
+        return frozenset()
+    if not isinstance(manifest, dict) or manifest.get("generator") != "transfusion-demo":
+        return frozenset()
+    return frozenset(c for c in manifest.get("categories", []) if isinstance(c, str) and c in _TINT_RGB)
+
+
 def build_demo_dataset(root: Path, categories: Sequence[str] = DEMO_CATEGORIES, image_size: int = 128,
                        n_train: int = 48, n_test_good: int = 12, n_test_per_defect: int = 4,
                        seed: int = 0) -> Path:
@@ -436,7 +454,7 @@ def build_demo_dataset(root: Path, categories: Sequence[str] = DEMO_CATEGORIES, 
     categories = list(categories)
     for cat in categories:
         if cat not in _TINT_RGB:
-            raise TransFusionError(f"demo data: unknown category {cat!r}; expected one of {DEMO_CATEGORIES}")
+            raise TransFusionError(f"demo data: unknown category {cat!r}; expected one of {GENERATOR_TEXTURES}")
     if len(set(categories)) != len(categories) or not categories:
         raise TransFusionError(f"demo data: categories must be distinct and non-empty, got {categories}")
     if image_size < 32:

@@ -143,11 +143,15 @@ def _missing_mask_error(image: Path, expected: Path) -> TransFusionError:
 
 
 def resolve_categories(dataset: str, data_path: str | os.PathLike, category: str) -> list[str]:
-    """The categories to run. ``"all"`` → every category of the dataset (all must be present).
+    """The categories to run. ``"all"`` → every category of the dataset (all must be present);
+    ``"a,b"`` → those, each checked.
 
     For ``folder`` the single "category" is the folder's own name, unless ``category``
     names a sub-folder of ``data_path``.
     """
+    if "," in category:
+        names = [c.strip() for c in category.split(",") if c.strip()]
+        return list(dict.fromkeys(c for name in names for c in resolve_categories(dataset, data_path, name)))
     check_dataset(dataset)
     root = _check_root(data_path)
     if dataset == "folder":
@@ -183,6 +187,29 @@ def resolve_categories(dataset: str, data_path: str | os.PathLike, category: str
             f"category folder '{root / str(category)}' not found; '{root}' contains: {_listing(present)}"
         )
     return [category]
+
+
+def present_categories(dataset: str, data_path: str | os.PathLike) -> list[str]:
+    """Every category folder under ``data_path`` that holds training images in the dataset's
+    layout, sorted: the original's glob ``*`` of -c train_multiclass (docs/method.md §10), here
+    without the folders that are not categories (licence files, a split_csv folder...)."""
+    check_dataset(dataset)
+    root = _check_root(data_path)
+    if dataset == "folder":
+        subs = [c for c in _subdirs(root) if c not in _FOLDER_RESERVED and (root / c / "train" / "good").is_dir()]
+        return subs or [root.name]
+    found = []
+    for name in _subdirs(root):
+        try:
+            if find_train_images(dataset, root, name):
+                found.append(name)
+        except TransFusionError:
+            continue  # not a category of this layout
+    if not found:
+        raise TransFusionError(f"'{root}' holds no {dataset} category with training images (expected e.g. "
+                               f"'{root / DATASET_CATEGORIES.get(dataset, ('<category>',))[0]}'); found: "
+                               f"{_listing(_subdirs(root))}")
+    return found
 
 
 # ----------------------------------------------------------------------------- VisA csv

@@ -250,8 +250,10 @@ class FgMaskSource:
         use_fg_masks: bool,
         cache_dir: Path | None,
         required: bool = True,
+        texture_rule: bool = True,
     ) -> FgMaskSource | None:
-        """Masks for one category, or None meaning "all ones" (textures, or masks disabled).
+        """Masks for one category, or None meaning "all ones" (textures, or masks disabled; with
+        ``texture_rule`` False, as -c train_multiclass trains, texture categories get masks too).
 
         With ``fg_mask_path`` the released masks are used, from
         ``<fg_mask_path>/<dataset>_masks/<category>/train/good/`` (or
@@ -260,7 +262,7 @@ class FgMaskSource:
         user did not name) masks are computed, as without ``fg_mask_path``, and cached in
         ``cache_dir`` when given.
         """
-        if not use_fg_masks or category in TEXTURE_CATEGORIES:
+        if not use_fg_masks or (texture_rule and category in TEXTURE_CATEGORIES):
             return None
         train_paths = [Path(p) for p in train_paths]
         if not train_paths:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Sequence
 
 import numpy as np
 import torch
@@ -135,18 +135,18 @@ class TextureSource:
         return cls(paths, f"DTD at {root} ({len(paths)} images)")
 
     @classmethod
-    def builtin(cls) -> "TextureSource":
-        """scikit-image's bundled sample images (minus brick, grass, gravel) plus procedural textures.
+    def builtin(cls, exclude: Collection[str] = ()) -> "TextureSource":
+        """scikit-image's bundled sample images (minus brick, grass, gravel, and the stems in
+        ``exclude``: the textures a generated dataset was cut from) plus procedural textures.
 
         The files are read straight from the installed package folder; skimage.data's fetchers
         are never called, so nothing is ever downloaded.
         """
         data_dir = skimage_data_dir()
+        excluded = EXCLUDED_SKIMAGE_STEMS | {s.lower() for s in exclude}
         paths: list[Path] = []
         if data_dir is not None:
-            paths = sorted(
-                p for p in data_dir.iterdir() if _is_image(p) and p.stem.lower() not in EXCLUDED_SKIMAGE_STEMS
-            )
+            paths = sorted(p for p in data_dir.iterdir() if _is_image(p) and p.stem.lower() not in excluded)
         desc = (
             f"built-in texture bank ({len(paths)} scikit-image samples + {len(PROCEDURAL_KINDS)} procedural; "
             f"pass --dtd-path for DTD)"

@@ -119,7 +119,8 @@ class SyntheticAnomalyDataset(Dataset):
 
     The base dataset's item i is dict(image=[C, S, S], fg=[1, S, S], index=i). Item `key` =
     (i, make_anomaly, seed) is dict(image, eps, mask, mask_c), all float32; eps/mask/mask_c are
-    synthesised with np.random.default_rng(seed) when make_anomaly, else zeros.
+    synthesised with np.random.default_rng(seed) when make_anomaly, else zeros. A base item's
+    ``class`` (a multi-class training set's category index) is passed on.
     """
 
     def __init__(self, base: Dataset, synthesizer: AnomalySynthesizer) -> None:
@@ -138,7 +139,10 @@ class SyntheticAnomalyDataset(Dataset):
         else:
             zeros = torch.zeros((1,) + tuple(image.shape[1:]), dtype=torch.float32)
             out = {"eps": torch.zeros_like(image), "mask": zeros, "mask_c": zeros.clone()}
-        return {"image": image, "eps": out["eps"], "mask": out["mask"], "mask_c": out["mask_c"]}
+        sample = {"image": image, "eps": out["eps"], "mask": out["mask"], "mask_c": out["mask_c"]}
+        if "class" in item:
+            sample["class"] = item["class"]
+        return sample
 
 
 def make_train_loader(

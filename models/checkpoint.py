@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from models.conditioning import ClassConditionedUNet
 from models.modes import is_two_branch
 from models.unet import TransFusionUNet, UNetConfig
 from utils.core.atomic import atomic_torch_save
@@ -306,6 +307,41 @@ def released_state_dict(net: torch.nn.Module) -> dict[str, torch.Tensor]:
 def save_released(net: torch.nn.Module, path: str | os.PathLike) -> None:
     """Write the weights as a released checkpoint (atomically)."""
     atomic_torch_save(released_state_dict(net), path)
+
+
+CLASS_EMBEDDING_FORMAT = "transfusion-class-embedding"
+
+
+def save_class_embedding(net: ClassConditionedUNet, path: str | os.PathLike) -> None:
+    """The rows of a class-conditioned network and the categories they belong to, beside its
+    released-format weights (which stay the paper's network, loadable by the original's code)."""
+    atomic_torch_save({"format": CLASS_EMBEDDING_FORMAT, "version": 1, "categories": list(net.categories),
+                       "weight": net.class_embedding.weight.detach().cpu().clone()}, path)
+
+
+def with_class_embedding(net: TransFusionUNet, path: str | os.PathLike) -> ClassConditionedUNet:
+    """``net`` conditioned by the side file at ``path`` (never executing pickled code); a one-line
+    error for a file that is not one this project wrote for this network."""
+    where = f"{path}: "
+    try:
+        side = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any damage is the same answer
+        raise TransFusionError(f"{where}not a readable class-embedding file ({type(exc).__name__}); restore it from "
+                               f"the run that trained the network, or train it again") from None
+    ok = isinstance(side, dict) and side.get("format") == CLASS_EMBEDDING_FORMAT
+    cats, weight = (side.get("categories"), side.get("weight")) if ok else (None, None)
+    if not (ok and isinstance(cats, list) and cats and all(isinstance(c, str) for c in cats)
+            and isinstance(weight, torch.Tensor) and tuple(weight.shape) == (len(cats), 4 * net.cfg.n_channels)
+            and weight.is_floating_point() and bool(torch.isfinite(weight).all())):
+        raise TransFusionError(f"{where}not a class-embedding file of this network (expected {CLASS_EMBEDDING_FORMAT} "
+                               f"with one finite row of {4 * net.cfg.n_channels} values per category)")
+    try:
+        conditioned = ClassConditionedUNet(net, cats)
+    except ValueError as exc:
+        raise TransFusionError(f"{where}{exc}") from None
+    with torch.no_grad():
+        conditioned.class_embedding.weight.copy_(weight.float())
+    return conditioned
 
 
 def network_from_state_dict(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike) -> TransFusionUNet:

@@ -332,9 +332,11 @@ class TransFusionUNet(nn.Module):
                 m.recompute = enabled
         return self
 
-    def forward(self, x_and_mask: torch.Tensor, t: torch.Tensor
+    def forward(self, x_and_mask: torch.Tensor, t: torch.Tensor, extra_emb: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``x_and_mask``: [B, C_img + 1, S, S] (image then condition mask); ``t``: [B] steps."""
+        """``x_and_mask``: [B, C_img + 1, S, S] (image then condition mask); ``t``: [B] steps;
+        ``extra_emb``: [B, 4·n_channels] added to the step embedding (this project's class
+        conditioning, models/conditioning.py; None: the paper's network)."""
         pos = self.pos_emb(x_and_mask)
         if self.cfg.two_branch:
             rgb, depth, mask = x_and_mask[:, :3], x_and_mask[:, 3:4], x_and_mask[:, 4:5]
@@ -343,6 +345,8 @@ class TransFusionUNet(nn.Module):
         else:
             x = self.image_proj(torch.cat((x_and_mask, pos), 1))
         temb = self.time_emb(t)
+        if extra_emb is not None:
+            temb = temb + extra_emb.to(temb.dtype)
 
         skips = [x]
         for m in self.down:

@@ -17,7 +17,7 @@ from models.modes import MODES, has_depth
 from models.runtime import AMP_CHOICES, BACKENDS, MEMORY_FORMATS
 from models.scoring import DEFAULT_SCORING
 from models.transparency import TransparencyProcess, check_num_steps
-from utils.commands import COMMANDS
+from utils.commands import COMMANDS, NEEDS_DATA, NEEDS_RUN, TRAINING
 from utils.core.errors import TransFusionError
 from utils.demo.recipe import DEMO_SETTINGS
 from utils.inference.calibration_rule import DEFAULT_CONFIDENCE
@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="TransFusion: transparency-based diffusion for anomaly detection (ECCV 2024).")
     p.add_argument("-c", "--choice", choices=tuple(COMMANDS), required=True,
                    help="train, test, demo (built-in data, runs anywhere), predict (unlabelled images), "
-                        "calibrate (a decision threshold from good images) or export (the network as ONNX)")
+                        "calibrate (a decision threshold from good images), export (the network as ONNX), "
+                        "train_multiclass / test_multiclass (one network for every category)")
     p.add_argument("-r", "--run-name", default=None, help="run folder name under --log-path")
     p.add_argument("-d", "--data-path", default=None, help="dataset root, as unpacked")
     p.add_argument("--log-path", default="./experiments/", help="where run folders live")
@@ -87,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtd-path", default=None,
                    help="Describable Textures Dataset root (images/<texture>/*.jpg); "
                         "without it a small built-in texture bank is used")
-    p.add_argument("--category", default="all", help="one category name, or 'all'")
+    p.add_argument("--category", default="all",
+                   help="one category, a comma-separated list, or all (train_multiclass: every category folder "
+                        "under -d)")
     p.add_argument("--resume", action="store_true", help="continue a killed/stopped training run")
     p.add_argument("--overwrite", action="store_true",
                    help="train: start a category that has weights again; its weights, meta, training states "
@@ -164,6 +167,9 @@ def _add_project_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--malloc-reuse", action="store_true",
                    help="Linux/glibc: reuse freed memory of every size instead of unmapping large "
                         "blocks: faster CPU training at large sizes, for more peak memory (docs/performance.md)")
+    p.add_argument("--class-embedding", action="store_true",
+                   help="train_multiclass: a learned embedding per category added to the step embedding (this "
+                        "project's addition; predict/calibrate/export then need --category)")
     p.add_argument("--split-categories", action="store_true",
                    help="under torchrun with --category all: each process trains its own categories "
                         "instead of sharing every category's batches (DistributedDataParallel)")
@@ -208,9 +214,9 @@ def given_flags(argv: Sequence[str] | None) -> frozenset[str]:
 
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Combinations and values argparse cannot check by itself; parser.error exits with 2."""
-    if args.choice in ("train", "test", "predict", "export") and not args.run_name:
+    if args.choice in NEEDS_RUN and not args.run_name:
         parser.error(f"-c {args.choice} needs -r/--run-name")
-    if args.choice in ("train", "test") and not args.data_path:
+    if args.choice in NEEDS_DATA and not args.data_path:
         parser.error(f"-c {args.choice} needs -d/--data-path")
     if args.choice == "predict" and not args.input:
         parser.error("-c predict needs --input (an image, a folder or a glob)")
@@ -226,7 +232,7 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     if args.eval_steps is not None and args.eval_steps < 1:
         parser.error(f"--eval-steps must be at least 1, got {args.eval_steps}")
-    if args.eval_steps is not None and args.choice in ("train", "demo"):
+    if args.eval_steps is not None and args.choice in TRAINING:
         # training evaluates with the T it trains; other commands check against the run's T
         # (utils/run/settings.py), once the run is read
         try:
@@ -237,8 +243,8 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f"--early-stop must be at least 1, got {args.early_stop}")
     if args.preview_synthesis is not None and args.preview_synthesis < 1:
         parser.error(f"--preview-synthesis must be at least 1, got {args.preview_synthesis}")
-    if args.preview_synthesis is not None and args.choice != "train":
-        parser.error("--preview-synthesis goes with -c train")
+    if args.preview_synthesis is not None and args.choice not in ("train", "train_multiclass"):
+        parser.error("--preview-synthesis goes with -c train or -c train_multiclass")
     if args.skip_broken and args.choice != "train":
         parser.error("--skip-broken goes with -c train")
     _check_ranges(parser, args)
@@ -297,17 +303,21 @@ def _check_network(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
 def _check_ownership(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """--resume continues a category's training, --overwrite starts it again: not both."""
+    if args.class_embedding and args.choice != "train_multiclass":
+        parser.error("--class-embedding goes with -c train_multiclass (the network it conditions keeps it: other "
+                     "commands read it from the run)")
+    if args.split_categories and args.choice == "train_multiclass":
+        parser.error("--split-categories splits categories among processes; -c train_multiclass trains one network "
+                     "on all of them (its processes share the batches)")
     if args.resume and args.overwrite:
         parser.error("--resume continues the trained weights and --overwrite replaces them: give one of the two")
-    if args.overwrite and args.choice not in ("train", "demo"):
-        parser.error(f"--overwrite goes with -c train (or -c demo), not -c {args.choice}")
+    if args.overwrite and args.choice not in TRAINING:
+        parser.error(f"--overwrite goes with -c train, -c train_multiclass (or -c demo), not -c {args.choice}")
 
 
 def _check_calibration(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """-c calibrate's flags and -c train --holdout: present where needed, in range, nowhere else."""
     if args.choice == "calibrate":
-        if not args.run_name:
-            parser.error("-c calibrate needs -r/--run-name")
         if args.target_fpr is None:
             parser.error("-c calibrate needs --target-fpr A, the false-alarm rate to stay under (e.g. 0.01 or 1%)")
         if args.confidence is None:
@@ -322,8 +332,8 @@ def _check_calibration(parser: argparse.ArgumentParser, args: argparse.Namespace
             parser.error(f"--{flag.replace('_', '-')} must lie strictly between 0 and 1 (e.g. 0.05 or 5%), "
                          f"got {value:g}")
     if args.holdout is not None:
-        if args.choice != "train":
-            parser.error("--holdout goes with -c train")
+        if args.choice not in ("train", "train_multiclass"):
+            parser.error("--holdout goes with -c train or -c train_multiclass")
         if args.holdout < 1:
             parser.error(f"--holdout must be at least 1 (the number of good training images to leave out), "
                          f"got {args.holdout}")

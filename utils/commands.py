@@ -57,8 +57,25 @@ def run_demo(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return rows
 
 
+def run_train_multiclass(args: argparse.Namespace) -> Any:
+    from utils.training.command import run_train_multiclass as train
+
+    return train(args)
+
+
+def run_test_multiclass(args: argparse.Namespace) -> Any:
+    from utils.evaluation.command import run_test_multiclass as test
+
+    return test(args)
+
+
 # The commands of -c, in the order --help lists them.
 COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
     "train": run_train, "test": run_test, "demo": run_demo, "predict": run_predict, "calibrate": run_calibrate,
-    "export": run_export,
+    "export": run_export, "train_multiclass": run_train_multiclass, "test_multiclass": run_test_multiclass,
 }
+# What utils/Argparser.py checks per command: the ones that train a network from the flags, and
+# those that need a run folder (-r) and a dataset (-d).
+TRAINING = frozenset({"train", "train_multiclass", "demo"})
+NEEDS_RUN = frozenset({"train", "train_multiclass", "test", "test_multiclass", "predict", "export", "calibrate"})
+NEEDS_DATA = frozenset({"train", "train_multiclass", "test", "test_multiclass"})

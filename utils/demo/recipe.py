@@ -44,6 +44,26 @@ DEMO_SETTINGS: dict[str, Any] = {
     "visualize": True,
     "workers": 1,
 }
+# What training with the demo's recipe means on the command line (studies and benchmarks train other
+# data, runs and seeds with it): the settings above that shape the network and its training.
+RECIPE_KEYS = ("img_size", "unet_channel_num", "unet_ch_mults", "unet_attn", "unet_group_conv", "unet_n_blocks",
+               "epoch_num", "lr", "bs", "step_size", "eval_epoch_num", "save_every", "no_fg_masks", "workers")
+
+
+def recipe_flags(settings: dict[str, Any] = DEMO_SETTINGS) -> list[str]:
+    """The demo's recipe as command-line flags (``--img-size 64 --unet-ch-mults 1 2 2 ...``)."""
+    flags: list[str] = []
+    for key in RECIPE_KEYS:
+        value, flag = settings[key], "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            flags += [flag] if value else []
+        elif isinstance(value, list):
+            flags += [flag, *(("T" if v else "F") if isinstance(v, bool) else str(v) for v in value)]
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
 DEMO_DATA = dict(image_size=128, n_train=48, n_test_good=12, n_test_per_defect=4, seed=0)
 
 

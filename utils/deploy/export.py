@@ -17,12 +17,14 @@ from typing import Any
 
 import torch
 
+from models.conditioning import ClassConditionedUNet
 from models.runtime import RuntimeOptions
 from models.scoring import DEFAULT_SCORING
 from utils.core.atomic import atomic_write_json
 from utils.core.errors import TransFusionError
 from utils.deploy.onnx_export import export_network
 from utils.deploy.onnx_files import sidecar
+from utils.run.meta import category_view, network_for
 from utils.run.network import open_network
 from utils.run.paths import RunPaths
 from utils.run.settings import Requested, scoring_from
@@ -42,13 +44,21 @@ def export_onnx(run_dir: str | os.PathLike, category: str, *, eval_steps: int | 
     scoring = scoring_from(kernel_size, weight, eval_steps, early_stop)
     requested = replace(requested, eval_steps=scoring.eval_steps) if requested else \
         Requested.from_keywords(image_size, diffusion_steps, scoring.eval_steps)
-    net, settings = open_network(paths, category, requested, RuntimeOptions(), torch.device("cpu"))
+    network, view = network_for(paths, category)  # a category of a multi-class run: its network, its threshold
+    net, settings = open_network(paths, network, requested, RuntimeOptions(), torch.device("cpu"))
     for note in settings.notes:
         print(note)
-    check = export_network(net, paths.onnx(category), settings.image_size, settings.num_steps)
-    record = sidecar(paths, category, net.cfg, settings, scoring, choose_threshold(settings.meta, settings.meta_path,
-                                                                                    threshold), check)
-    atomic_write_json(paths.onnx_meta(category), record)
+    classes = list(net.categories) if isinstance(net, ClassConditionedUNet) else None
+    if classes and view is None:
+        raise TransFusionError(f"{paths.class_embedding(network)}: the network is class-conditioned; name the category "
+                               f"whose threshold the export records with --category C (one of {', '.join(classes)}): "
+                               f"the graph takes every category's row as an input")
+    check = export_network(net, paths.onnx(network), settings.image_size, settings.num_steps)
+    chosen = choose_threshold(category_view(settings.meta, view), settings.meta_path, threshold)
+    record = sidecar(paths, network, net.cfg, settings, scoring, chosen, check, classes)
+    if view:
+        record["threshold_category"] = view
+    atomic_write_json(paths.onnx_meta(network), record)
     return record
 
 
@@ -75,9 +85,10 @@ def run_export(args: argparse.Namespace) -> list[dict[str, Any]]:
                              threshold=None if args.threshold is None else explicit_threshold(args.threshold),
                              requested=Requested.from_args(args))
         worst = max(record["check"]["max_abs_diff"].values())
-        print(f"[{category}] {paths.onnx(category)}: {record['mode']} network at {record['image_size']} px, dynamic "
+        network = record["category"]  # the network's key: the category itself, or "multiclass"
+        print(f"[{category}] {paths.onnx(network)}: {record['mode']} network at {record['image_size']} px, dynamic "
               f"batch; ONNX Runtime within {worst:.1e} of PyTorch on a probe batch; settings in "
-              f"{paths.onnx_meta(category).name}")
+              f"{paths.onnx_meta(network).name}")
         t = record["threshold"]
         if t is None:
             print(f"[{category}] no decision threshold stored (run -c calibrate or -c test): the JSON holds none")

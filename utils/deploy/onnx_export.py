@@ -19,11 +19,17 @@ from dataclasses import dataclass
 
 import torch
 
+from models.conditioning import ClassConditionedUNet
 from models.unet import TransFusionUNet
 from utils.core.atomic import atomic_write_bytes
 from utils.core.errors import TransFusionError
-from utils.deploy.onnx_session import INPUT_NAMES, OUTPUT_NAMES, OnnxNetwork
+from utils.deploy.onnx_session import CLASS_INPUT, INPUT_NAMES, OUTPUT_NAMES, OnnxNetwork
 from utils.deploy.optional_deps import optional_import
+
+# What is exported: the paper's network, or one class-conditioned network for every category whose
+# graph takes each image's category row as an input (one file to ship for a whole line of parts,
+# rather than a copy of the weights per category).
+Exportable = TransFusionUNet | ClassConditionedUNet
 
 OPSET = 18               # the lowest the exporter writes; ONNX Runtime and OpenVINO read it
 EXPORT_TOLERANCE = 1e-4  # largest |ONNX Runtime − PyTorch| accepted on the probe batch
@@ -56,50 +62,55 @@ class ExportCheck:
         return {"max_abs_diff": self.max_abs_diff, "probe_batch": self.probe_batch, "tolerance": self.tolerance}
 
 
-def _example(net: TransFusionUNet, batch: int, size: int, num_steps: int, seed: int) -> tuple[torch.Tensor, ...]:
-    """A batch like the reverse loop's: an image in [-1, 1], a 0/1 condition mask, steps in 1..T−2."""
+def _example(net: Exportable, batch: int, size: int, num_steps: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """A batch like the reverse loop's: an image in [-1, 1], a 0/1 condition mask, steps in 1..T−2
+    (and, for a class-conditioned network, category rows)."""
     g = torch.Generator().manual_seed(seed)
     image = torch.rand(batch, net.cfg.image_channels, size, size, generator=g) * 2 - 1
     mask = (torch.rand(batch, 1, size, size, generator=g) > 0.5).float()
     t = torch.randint(1, max(num_steps - 1, 2), (batch,), generator=g)
+    if isinstance(net, ClassConditionedUNet):
+        return torch.cat((image, mask), dim=1), t, torch.randint(0, len(net.categories), (batch,), generator=g)
     return torch.cat((image, mask), dim=1), t
 
 
-def cpu_copy(net: TransFusionUNet) -> TransFusionUNet:
+def cpu_copy(net: Exportable) -> Exportable:
     """What is exported: a float32 copy of ``net`` on the CPU, contiguous, in eval mode (the
     caller's network stays where and as it is)."""
     return copy.deepcopy(net).to("cpu", torch.float32, memory_format=torch.contiguous_format).eval()
 
 
-def onnx_bytes(model: TransFusionUNet, size: int, num_steps: int) -> bytes:
+def onnx_bytes(model: Exportable, size: int, num_steps: int) -> bytes:
     """The serialised ONNX model of ``model`` (a `cpu_copy`) at ``size`` px."""
     optional_import("onnx", "ONNX export")
     optional_import("onnxscript", "ONNX export")
     batch = torch.export.Dim("batch", min=1)
+    example = _example(model, _EXPORT_BATCH, size, num_steps, seed=0)
+    names = list(INPUT_NAMES) + ([CLASS_INPUT] if len(example) == 3 else [])
     with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")  # the exporter's notes on naming the shared batch axis, deprecations
         program = torch.onnx.export(
-            model, _example(model, _EXPORT_BATCH, size, num_steps, seed=0), dynamo=True, opset_version=OPSET,
-            input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
-            dynamic_shapes=({0: batch}, {0: batch}), verbose=False,
+            model, example, dynamo=True, opset_version=OPSET,
+            input_names=names, output_names=list(OUTPUT_NAMES),
+            dynamic_shapes=tuple({0: batch} for _ in example), verbose=False,
             custom_translation_table={torch.ops.aten.scaled_dot_product_attention.default: _attention})
     return program.model_proto.SerializeToString()
 
 
-def check_export(model: TransFusionUNet, data: bytes, size: int, num_steps: int,
+def check_export(model: Exportable, data: bytes, size: int, num_steps: int,
                  threads: int | None = None) -> ExportCheck:
     """Run the exported ``data`` and ``model`` (a `cpu_copy`) on the same probe batch; the largest
     difference per output."""
     session = OnnxNetwork(data, threads)
-    x, t = _example(model, _PROBE_BATCH, size, num_steps, seed=1)
+    probe = _example(model, _PROBE_BATCH, size, num_steps, seed=1)
     with torch.no_grad():
-        expected = model(x, t)
-    got = session(x, t)
+        expected = model(*probe)
+    got = session(*probe)
     diffs = {name: float((g - e).abs().max()) for name, g, e in zip(OUTPUT_NAMES, got, expected)}
     return ExportCheck(max_abs_diff=diffs, probe_batch=_PROBE_BATCH)
 
 
-def export_network(net: TransFusionUNet, path: str | os.PathLike, size: int, num_steps: int) -> ExportCheck:
+def export_network(net: Exportable, path: str | os.PathLike, size: int, num_steps: int) -> ExportCheck:
     """Export ``net`` at ``size`` px to ``path`` (atomically) once ONNX Runtime reproduces its outputs
     within EXPORT_TOLERANCE on a probe batch; returns that check. ``num_steps``: the process's T."""
     model = cpu_copy(net)

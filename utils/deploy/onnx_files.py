@@ -23,7 +23,7 @@ from models.unet import UNetConfig
 from utils.core.errors import TransFusionError
 from utils.core.json_files import BadJsonFile, load_json_file
 from utils.deploy.onnx_export import OPSET, ExportCheck
-from utils.deploy.onnx_session import INPUT_NAMES, OUTPUT_NAMES, OnnxNetwork
+from utils.deploy.onnx_session import CLASS_INPUT, INPUT_NAMES, OUTPUT_NAMES, OnnxNetwork
 from utils.deploy.optional_deps import optional_import
 from utils.run.meta_schema import BadValue, check_range, check_steps, unet_config_of
 from utils.run.paths import RunPaths
@@ -63,8 +63,9 @@ def _channels(s: slice) -> list[int]:
 
 
 def sidecar(paths: RunPaths, category: str, cfg: UNetConfig, settings: RunSettings, scoring: ScoringOptions,
-            threshold: Threshold | None, check: ExportCheck) -> dict[str, Any]:
-    """The content of ``<category>_onnx.json`` for the network just written to paths.onnx(category)."""
+            threshold: Threshold | None, check: ExportCheck, classes: list[str] | None = None) -> dict[str, Any]:
+    """The content of ``<category>_onnx.json`` for the network just written to paths.onnx(category);
+    ``classes``: a class-conditioned network's categories, in the order of their rows."""
     process = settings.process
     pairs = process.schedule(scoring.eval_steps)
     top = process.num_steps - 2
@@ -79,7 +80,10 @@ def sidecar(paths: RunPaths, category: str, cfg: UNetConfig, settings: RunSettin
         "rgb_channels": _channels(rgb_channels(cfg.mode)), "depth_channels": _channels(depth_channels(cfg.mode)),
         "inputs": {INPUT_NAMES[0]: {"shape": ["batch", c + 1, s, s], "dtype": "float32",
                                     "content": "the image x (rgb_channels, depth_channels), then the 0/1 mask"},
-                   INPUT_NAMES[1]: {"shape": ["batch"], "dtype": "int64", "content": "the step t of each image"}},
+                   INPUT_NAMES[1]: {"shape": ["batch"], "dtype": "int64", "content": "the step t of each image"},
+                   **({CLASS_INPUT: {"shape": ["batch"], "dtype": "int64",
+                                     "content": "each image's category, as its index in categories"}} if classes else {})},
+        "class_conditioned": bool(classes), "categories": list(classes) if classes else None,
         "outputs": {OUTPUT_NAMES[0]: f"[batch, {c}, {s}, {s}] the anomaly appearance eps_hat",
                     OUTPUT_NAMES[1]: f"[batch, {c}, {s}, {s}] the normal appearance x0_hat",
                     OUTPUT_NAMES[2]: f"[batch, 1, {s}, {s}] mask logits"},

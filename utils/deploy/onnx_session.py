@@ -16,6 +16,9 @@ from utils.core.errors import TransFusionError
 from utils.deploy.optional_deps import optional_import
 
 INPUT_NAMES = ("x_and_mask", "t")
+# A class-conditioned network (-c train_multiclass --class-embedding) takes each image's category row too:
+# one graph for every category, the category an input (utils/deploy/onnx_export.py says why).
+CLASS_INPUT = "class"
 OUTPUT_NAMES = ("eps", "x0", "logits")
 
 
@@ -53,17 +56,26 @@ class OnnxNetwork:
                                    f"export it again with -c export") from None
         inputs = {i.name: i.shape for i in self.session.get_inputs()}
         outputs = [o.name for o in self.session.get_outputs()]
-        if tuple(inputs) != INPUT_NAMES or tuple(outputs) != OUTPUT_NAMES:
+        if tuple(inputs) not in (INPUT_NAMES, INPUT_NAMES + (CLASS_INPUT,)) or tuple(outputs) != OUTPUT_NAMES:
             raise TransFusionError(f"{where} is not an exported TransFusion network (inputs {list(inputs)}, outputs "
-                                   f"{outputs}; expected {list(INPUT_NAMES)} and {list(OUTPUT_NAMES)})")
+                                   f"{outputs}; expected {list(INPUT_NAMES)} (and {CLASS_INPUT!r} when "
+                                   f"class-conditioned) and {list(OUTPUT_NAMES)})")
+        self.class_conditioned = CLASS_INPUT in inputs
         shape = inputs["x_and_mask"]
         self.channels = int(shape[1]) - 1  # image channels; the condition mask is the last input channel
         self.image_size = int(shape[2])
         self.threads = self.session.get_session_options().intra_op_num_threads
 
-    def __call__(self, x_and_mask: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The network on a CPU batch: float32 [B, C + 1, S, S] and int64 [B] steps."""
+    def __call__(self, x_and_mask: torch.Tensor, t: torch.Tensor, classes: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The network on a CPU batch: float32 [B, C + 1, S, S], int64 [B] steps and, for a
+        class-conditioned network, int64 [B] category rows."""
         feeds = {"x_and_mask": x_and_mask.detach().to("cpu", torch.float32).contiguous().numpy(),
                  "t": t.detach().to("cpu", torch.int64).contiguous().numpy()}
+        if self.class_conditioned != (classes is not None):
+            raise TransFusionError("a class-conditioned ONNX network takes each image's category row (and only such a "
+                                   "network does); name the category")
+        if classes is not None:
+            feeds[CLASS_INPUT] = classes.detach().to("cpu", torch.int64).contiguous().numpy()
         eps, x0, logits = self.session.run(list(OUTPUT_NAMES), feeds)
         return torch.from_numpy(eps), torch.from_numpy(x0), torch.from_numpy(logits)

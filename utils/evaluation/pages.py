@@ -134,10 +134,11 @@ def _summaries(results_root: Path) -> list[tuple[Path, dict[str, Any]]]:
     return found
 
 
-def write_run_index(results_root: Path, run: str) -> Path:
-    """results/index.html over every category of the run that has a summary.json."""
+def write_run_index(path: Path, run: str) -> Path:
+    """The index page ``path`` (results/index.html, or results/multiclass/index.html) over every
+    category beside it that has a summary.json."""
     entries, datasets = [], set()
-    for p, s in _summaries(results_root):
+    for p, s in _summaries(path.parent):
         datasets.add(f"{s.get('dataset', '?')} / {s.get('mode', '?')}")
         cmp = Comparison(s["published"], s["delta"]) if s.get("published") else None
         entries.append(IndexEntry(category=s.get("category", p.parent.name), metrics=s["metrics"], comparison=cmp,
@@ -145,7 +146,6 @@ def write_run_index(results_root: Path, run: str) -> Path:
                                   n_mistakes=s.get("n_mistakes"), report=f"{p.parent.name}/report.html"))
     facts = [("run", run), ("dataset / mode", ", ".join(sorted(datasets))), ("categories", str(len(entries))),
              ("written", time.strftime("%Y-%m-%d %H:%M:%S"))]
-    path = results_root / "index.html"
     atomic_write_text(path, render_index(run, entries, facts))
     return path
 

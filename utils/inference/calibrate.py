@@ -23,8 +23,8 @@ from utils.core.errors import TransFusionError
 from utils.inference.calibration_rule import Calibration, calibrate_threshold
 from utils.inference.inputs import collect_inputs, open_detector
 from utils.machine.distributed import pick_device
-from utils.run.meta import read_meta, update_meta
-from utils.run.paths import RunPaths
+from utils.run.meta import category_view, network_for, read_meta, update_category_meta
+from utils.run.paths import MULTICLASS, RunPaths
 from utils.run.settings import training_depth_range
 
 
@@ -55,9 +55,24 @@ def _held_out(args: argparse.Namespace, category: str, holdout: dict[str, Any]) 
 
 def good_images(args: argparse.Namespace, paths: RunPaths, category: str,
                 meta: dict[str, Any]) -> tuple[list[Path], str]:
-    """The calibration images and where they come from, in the order of precedence above."""
+    """The calibration images and where they come from, in the order of precedence above; for the
+    whole union of a multi-class network, those of each of its categories."""
     if args.calib_path:
         return _folder_images(args.calib_path), f"--calib-path {args.calib_path}"
+    if category == MULTICLASS:
+        union = [str(c) for c in meta.get("categories") or []]
+        if not union:
+            raise TransFusionError(f"{paths.meta(MULTICLASS)} lists no categories (released weights?): pass "
+                                   f"--calib-path FOLDER with good images, or --category C")
+        files = [f for c in union for f in _good_images_of(args, paths, c, category_view(meta, c))[0]]
+        return files, f"the good images of its {len(union)} categories ({', '.join(union)})"
+    return _good_images_of(args, paths, category, meta)
+
+
+def _good_images_of(args: argparse.Namespace, paths: RunPaths, category: str,
+                    meta: dict[str, Any]) -> tuple[list[Path], str]:
+    """One category's calibration images: the layout's validation split under -d, else its held-out
+    training images."""
     if args.data_path:
         files = find_validation_images(args.dataset, args.data_path, category)
         if files:
@@ -102,10 +117,12 @@ def run_calibrate(args: argparse.Namespace) -> Calibration:
     device = pick_device(args.device)
     paths = RunPaths(args.log_path, args.run_name)
     category = paths.pick_category(args.category)
-    paths.require_weights(category)
-    meta = read_meta(paths, category)
-    files, where = good_images(args, paths, category, meta)
-    det = open_detector(args, paths, category, device, training_depth_range(args, category))
+    network, view = network_for(paths, category)
+    paths.require_weights(network)
+    meta = read_meta(paths, network)
+    files, where = good_images(args, paths, view or network, category_view(meta, view))
+    union = (meta.get("categories") or [category]) if (view is None and network == MULTICLASS) else [view or category]
+    det = open_detector(args, paths, category, device, training_depth_range(args, union))
     for note in det.notes:
         print(note)
     scored: list[tuple[Path, float, int]] = []
@@ -115,13 +132,14 @@ def run_calibrate(args: argparse.Namespace) -> Calibration:
     if not scored:
         raise TransFusionError(f"none of the {len(files)} calibration images of {category} could be read ({where})")
     cal = calibrate_threshold([s for _, s, _ in scored], args.target_fpr, args.confidence)
-    folder = paths.calibration(category)
+    folder = paths.calibration(view, of=network) if view else paths.calibration(network)
     record = {**cal.as_dict(), "schedule": det.scoring.schedule(), "images_from": where,
               "scores_file": str(folder / "scores.csv"), "written": time.strftime("%Y-%m-%d %H:%M:%S")}
     _write_files(folder, scored, record)
-    update_meta(paths, category, calibration=record)
+    update_category_meta(paths, network, view or network, calibration=record)
     for line in describe(category, cal, where):
         print(line)
-    print(f"[{category}] stored in {paths.meta(category)}; -c predict now decides with it "
+    also = f" --category {view}" if view else ""
+    print(f"[{category}] stored in {paths.meta(network)}; -c predict{also} now decides with it "
           f"(scores: {folder / 'scores.csv'})")
     return cal

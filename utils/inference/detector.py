@@ -25,13 +25,14 @@ from data.catalog import xyz_path_for
 from data.datasets import array_input, model_input
 from data.depth import read_xyz
 from data.io import image_hw, read_rgb_uint8
+from models.conditioning import ClassConditionedUNet, OneCategory
 from models.modes import IMAGE_CHANNELS, has_depth, has_rgb, rgb_channels
 from models.runtime import RuntimeOptions
 from models.scoring import DEFAULT_SCORING, ScoringOptions, map_at_size, score_batch
 from models.transparency import Network, TransparencyProcess
 from models.unet import UNetConfig
 from utils.core.errors import TransFusionError
-from utils.run.meta import read_meta
+from utils.run.meta import category_view, network_for, read_meta
 from utils.run.network import load_network
 from utils.run.paths import RunPaths
 from utils.run.settings import DepthSource, Requested, resolve_settings, runtime_from, scoring_from
@@ -133,7 +134,9 @@ class Detector:
         are what a run without a meta file (released weights) uses (default 256 / 20).
         ``requested``: the command line's explicit flags instead of the two keywords;
         ``depth_from_training``: for depth modes whose run has no depth range (released weights),
-        a callable that takes it from the training set."""
+        a callable that takes it from the training set.
+        On a run of one multi-class network (-c train_multiclass), ``category`` is "multiclass" (the
+        thresholds of the whole union) or one of its categories (that category's thresholds)."""
         from utils.machine.distributed import pick_device
 
         paths = RunPaths.at(run_dir)
@@ -141,28 +144,33 @@ class Detector:
         scoring = scoring_from(kernel_size, weight, eval_steps, early_stop)
         dev = pick_device("cpu" if backend == "onnxruntime" and device is None else device)
         _check_category(paths, category, backend)
+        network_key, view = network_for(paths, category)
         if isinstance(threshold, (int, float)) and not isinstance(threshold, bool):
             threshold = explicit_threshold(threshold, "given", "given to Detector.from_run")
         requested = replace(requested, eval_steps=scoring.eval_steps) if requested else \
             Requested.from_keywords(image_size, diffusion_steps, scoring.eval_steps)
-        meta = read_meta(paths, category)  # checked before the network is opened
+        meta = read_meta(paths, network_key)  # checked before the network is opened
         exported = None
         if backend == "onnxruntime":
             from utils.deploy.onnx_files import open_exported
 
-            exported = open_exported(paths, category, dev)
+            exported = open_exported(paths, network_key, dev)
             network, config, network_file = exported.network, exported.config, exported.path
+            rows = exported.sidecar.get("categories") if exported.sidecar.get("class_conditioned") else None
         else:
-            net = load_network(paths, category, runtime, dev)
-            network, config, network_file = runtime.callable(net), net.cfg, paths.weights(category)
-        settings = resolve_settings(paths, category, meta, config, requested, depth_from_training)
+            net = load_network(paths, network_key, runtime, dev)
+            network, config, network_file = runtime.callable(net), net.cfg, paths.weights(network_key)
+            rows = list(net.categories) if isinstance(net, ClassConditionedUNet) else None
+        if rows is not None:  # class-conditioned: one category's row conditions every image
+            network = OneCategory(network, _conditioning_row(rows, view, paths, network_key))
+        settings = resolve_settings(paths, network_key, meta, config, requested, depth_from_training)
         if exported is not None:
             from utils.deploy.onnx_files import check_matches_run
 
-            check_matches_run(paths, category, exported, settings)
+            check_matches_run(paths, network_key, exported, settings)
         return cls(network, settings.process, settings.image_size, depth_norm=settings.depth_norm, scoring=scoring,
                    runtime=runtime, device=dev,
-                   threshold=choose_threshold(settings.meta, settings.meta_path, threshold),
+                   threshold=choose_threshold(category_view(settings.meta, view), settings.meta_path, threshold),
                    batch_size=batch_size, backend=backend, config=config, category=category, meta=settings.meta,
                    network_file=network_file, notes=settings.notes)
 
@@ -303,8 +311,19 @@ class Detector:
                          reconstructions=None if recon is None else recon.float().cpu().numpy())
 
 
+def _conditioning_row(categories: list[str], view: str | None, paths: RunPaths, network_key: str) -> int:
+    """The row of a class-conditioned network that ``view`` names, or a one-line error."""
+    if view is None or view not in categories:
+        raise TransFusionError(f"{paths.class_embedding(network_key)}: the network of {paths.root} is "
+                               f"class-conditioned; name the category (--category C, or Detector.from_run(run, C)) as "
+                               f"one of {', '.join(categories)}")
+    return categories.index(view)
+
+
 def _check_category(paths: RunPaths, category: str, backend: str) -> None:
-    """A one-line error for a run folder or category that is not there."""
-    if backend == "onnxruntime" and paths.onnx(category).is_file():
+    """A one-line error for a run folder or category that is not there (a category of the run's
+    multi-class network is there)."""
+    network_key, _ = network_for(paths, category) if paths.models.is_dir() else (category, None)
+    if backend == "onnxruntime" and paths.onnx(network_key).is_file():
         return
-    paths.require_weights(category)
+    paths.require_weights(network_key)

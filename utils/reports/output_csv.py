@@ -15,7 +15,9 @@ from utils.reports.tables import fmt_delta, fmt_pct
 # Columns of output.csv: new columns are only ever appended, so readers by position keep working.
 OUTPUT_CSV_COLUMNS = ("timestamp", "run", "category", "epoch", "image_auroc", "aupro", "pixel_auroc", "image_ap",
                       "image_f1_max", "pixel_ap", *(f"published_{k}" for k in PUBLISHED_METRICS),
-                      *(f"delta_{k}" for k in PUBLISHED_METRICS))
+                      *(f"delta_{k}" for k in PUBLISHED_METRICS), "network")
+# The category of the row that closes a multi-class network's rows: the mean over its categories.
+AVERAGE_ROW = "Average"
 OUTPUT_CSV_HEADER = ",".join(OUTPUT_CSV_COLUMNS)
 
 
@@ -33,8 +35,9 @@ def _upgrade_output_csv(path: Path) -> None:
 
 
 def append_output_csv(path: Path, run: str, category: str, epoch: Any, metrics: dict[str, Any],
-                      comparison: Comparison | None = None) -> None:
-    """One row per evaluated category, percentages (Δ in signed points); the header is written once."""
+                      comparison: Comparison | None = None, network: str | None = None) -> None:
+    """One row per evaluated category, percentages (Δ in signed points); the header is written once.
+    ``network``: the network that scored it (its key: the category itself, or "multiclass")."""
     if not path.exists():
         atomic_write_text(path, OUTPUT_CSV_HEADER + "\n")
     else:
@@ -49,4 +52,4 @@ def append_output_csv(path: Path, run: str, category: str, epoch: Any, metrics: 
     else:
         values += [fmt_pct(comparison.published[k]) for k in PUBLISHED_METRICS]
         values += [fmt_delta(comparison.delta[k]) for k in PUBLISHED_METRICS]
-    atomic_append_line(path, ",".join([stamp, run, category, str(epoch), *values]))
+    atomic_append_line(path, ",".join([stamp, run, category, str(epoch), *values, network or category]))

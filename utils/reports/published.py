@@ -15,26 +15,23 @@ from typing import Any
 
 import numpy as np
 
-from data.catalog import RELEASED_RUN_MODES
+from data.catalog import PUBLISHED_MULTICLASS_MODES, RELEASED_RUN_MODES
 from utils.core.errors import TransFusionError
 
 PUBLISHED_DIR = Path(__file__).resolve().with_name("published_data")
 # the files' columns and the metric keys of utils/evaluation/metrics.py they hold (fractions)
 _COLUMNS = {"Roc Img": "image_auroc", "PRO Img": "aupro", "Roc Pixel": "pixel_auroc", "AP Pixel": "pixel_ap"}
-
-
 PUBLISHED_METRICS: tuple[str, ...] = tuple(_COLUMNS.values())
-
-
 _MEAN_ROW = "Average"
 
 
 @dataclass(frozen=True)
 class PublishedTable:
-    """One released run's figures: per category, and the authors' own mean row."""
+    """One published run's figures: per category, and the authors' own mean row."""
 
     dataset: str
     mode: str
+    multiclass: bool                           # one network for every category (docs/method.md §10)
     source: str                                # the data file and where it comes from
     settings: dict[str, float]                 # epoch, eval weight, kernel size the figures were made with
     categories: dict[str, dict[str, float]]    # category -> metric -> fraction
@@ -42,11 +39,13 @@ class PublishedTable:
 
 
 @functools.lru_cache(maxsize=None)
-def published_table(dataset: str) -> PublishedTable | None:
-    """The released run's table for ``dataset``; None for datasets without a released run."""
-    if dataset not in RELEASED_RUN_MODES:
+def published_table(dataset: str, multiclass: bool = False) -> PublishedTable | None:
+    """The published run's table for ``dataset`` (``multiclass``: its one-network run); None where
+    the authors published no such run."""
+    modes = PUBLISHED_MULTICLASS_MODES if multiclass else RELEASED_RUN_MODES
+    if dataset not in modes:
         return None
-    path = PUBLISHED_DIR / f"{dataset}.csv"
+    path = PUBLISHED_DIR / (f"{dataset}_multiclass.csv" if multiclass else f"{dataset}.csv")
     try:
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
@@ -58,16 +57,29 @@ def published_table(dataset: str) -> PublishedTable | None:
                                f"restore it from utils/reports/published_data/README.md's source") from None
     mean = table.pop(_MEAN_ROW)
     source = f"utils/reports/published_data/{path.name}, from MaticFuc/ECCV_TransFusion results/{path.name}"
-    return PublishedTable(dataset, RELEASED_RUN_MODES[dataset], source, settings, table, mean)
+    return PublishedTable(dataset, modes[dataset], multiclass, source, settings, table, mean)
 
 
-def published_figures(dataset: str, mode: str, category: str) -> dict[str, float] | None:
-    """The published figures (fractions) of one category when dataset, mode and category match a
-    released run; None otherwise."""
-    table = published_table(dataset)
+def published_figures(dataset: str, mode: str, category: str, multiclass: bool = False) -> dict[str, float] | None:
+    """The published figures (fractions) of one category when dataset, mode, category and the kind
+    of run (one network per category, or ``multiclass``) match a published run; None otherwise."""
+    table = published_table(dataset, multiclass)
     if table is None or mode != table.mode:
         return None
     return table.categories.get(category)
+
+
+def union_difference(dataset: str, categories: list[str]) -> str | None:
+    """A multi-class network trained on other categories than the published multi-class run's is not
+    the same model: one line saying so (the comparison is then indicative), or None."""
+    table = published_table(dataset, multiclass=True)
+    if table is None or sorted(categories) == sorted(table.categories):
+        return None
+    left_out = sorted(set(table.categories) - set(categories))
+    added = sorted(set(categories) - set(table.categories))
+    parts = ([f"without {', '.join(left_out)}"] if left_out else []) + ([f"with {', '.join(added)}"] if added else [])
+    return (f"note: this network was trained on {len(categories)} categories, the published multi-class run on its "
+            f"{len(table.categories)} ({'; '.join(parts)}): the comparison is indicative")
 
 
 def settings_differences(dataset: str, eval_w: float, kernel_size: int,

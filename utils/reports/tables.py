@@ -62,7 +62,11 @@ def mean_metrics(rows: dict[str, dict[str, Any]]) -> dict[str, float | None]:
     return mean
 
 
-def avg_line(rows: dict[str, dict[str, Any]]) -> str:
-    """The original's closing line."""
+def avg_line(rows: dict[str, dict[str, Any]], pixel: bool = False) -> str:
+    """The original's closing line; ``pixel``: -c test_multiclass's, with the pixel means too (the
+    original prints the last one rounded to an integer, a slip: 2 decimals here)."""
     mean = mean_metrics(rows)
-    return f"AVG AUROC: {fmt_pct(mean['image_auroc'])}, AVG AUPRO: {fmt_pct(mean['aupro'])}"
+    line = f"AVG AUROC: {fmt_pct(mean['image_auroc'])}, AVG AUPRO: {fmt_pct(mean['aupro'])}"
+    if pixel:
+        line += f", AVG AUROC PIX: {fmt_pct(mean['pixel_auroc'])}, AVG AP PIX: {fmt_pct(mean['pixel_ap'])}"
+    return line

@@ -3,7 +3,8 @@
 the key, what was expected and the fix, never in a traceback from deep inside a command.
 
 Each key has one rule and one writer: -c train writes the network, image size, T, dataset, depth
-range, epoch, seed, foreground masks and held-out images; -c test its F1-max threshold, the step
+range, epoch, seed, foreground masks and held-out images (-c train_multiclass: its categories,
+per_category entries and the class embedding's file); -c test its F1-max threshold, the step
 schedule it was made with and the heat-map scale; -c calibrate its calibration record
 (utils/inference/calibrate.py). Keys this version does not know are left alone; ``null`` is
 "absent" for the keys a run may lack (released weights, a run never tested or calibrated).
@@ -220,6 +221,43 @@ _RULES: dict[str, tuple[Callable[[tuple[str, ...], Any], Any], str]] = {
     "calibration": (check_calibration, _by_writer("calibration", "-c calibrate")),
 }
 _NOT_NULLABLE = frozenset({"unet", "img_size", "diffusion_num_steps"})
+# What a multi-class network's meta keeps per category (docs/method.md §10): these keys' own rules.
+_PER_CATEGORY_KEYS = ("fg_masks", "holdout", "f1_threshold", "f1_schedule", "map_range", "calibration")
+
+
+def check_categories(where: tuple[str, ...], v: Any) -> list[str]:
+    """A multi-class network's categories: distinct names without folders, at least one."""
+    _need(isinstance(v, list) and v and all(_plain_name(c) for c in v) and len(set(v)) == len(v), where, v,
+          "a list of distinct category names (the union -c train_multiclass trained on)")
+    return v
+
+
+def check_per_category(where: tuple[str, ...], v: Any) -> dict[str, Any]:
+    """{category: {key: value}} with each key under its own rule."""
+    _need(isinstance(v, dict) and all(_plain_name(c) for c in v), where, v,
+          "an object of category names, each an object of that category's entries")
+    for cat, entries in v.items():
+        _need(isinstance(entries, dict), (*where, cat), entries, "an object")
+        for key in _PER_CATEGORY_KEYS:
+            if entries.get(key) is not None:
+                _RULES[key][0]((*where, cat, key), entries[key])
+    return v
+
+
+def check_class_embedding(where: tuple[str, ...], v: Any) -> dict[str, Any]:
+    """--class-embedding: {"file": the side file's name, "categories": its rows' categories}."""
+    _need(isinstance(v, dict) and _plain_name(v.get("file")), where, v,
+          'an object with "file" (a file name without folders) and "categories"')
+    check_categories((*where, "categories"), v.get("categories"))
+    return v
+
+
+_RULES.update({
+    "categories": (check_categories, _BY_TRAINING),
+    "per_category": (check_per_category, 'restore the file, or delete the key "per_category" (-c test_multiclass '
+                                         'and -c calibrate write it again)'),
+    "class_embedding": (check_class_embedding, _BY_TRAINING),
+})
 
 
 def check_meta(meta: Any, path: Path | str) -> dict[str, Any]:

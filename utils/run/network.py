@@ -5,7 +5,14 @@ from typing import Any
 
 import torch
 
-from models.checkpoint import CheckpointError, load_network_file, save_released
+from models.checkpoint import (
+    CheckpointError,
+    load_network_file,
+    save_class_embedding,
+    save_released,
+    with_class_embedding,
+)
+from models.conditioning import ClassConditionedUNet
 from models.runtime import RuntimeOptions
 from models.unet import TransFusionUNet
 from utils.core.atomic import atomic_write_json
@@ -15,9 +22,18 @@ from utils.run.paths import RunPaths
 from utils.run.settings import DepthSource, Requested, RunSettings, resolve_settings
 
 
-def save_weights(paths: RunPaths, category: str, net: torch.nn.Module, meta: dict[str, Any]) -> None:
-    """The released-format weights, then the meta side file (both atomic)."""
+def save_network(paths: RunPaths, category: str, net: torch.nn.Module) -> None:
+    """The released-format weights (atomic); a class-conditioned network's rows go to their side file
+    first, so the weights never stand without them."""
+    if isinstance(net, ClassConditionedUNet):
+        save_class_embedding(net, paths.class_embedding(category))
+        net = net.unet
     save_released(net, paths.weights(category))
+
+
+def save_weights(paths: RunPaths, category: str, net: torch.nn.Module, meta: dict[str, Any]) -> None:
+    """The network's files (`save_network`), then the meta side file (all atomic)."""
+    save_network(paths, category, net)
     atomic_write_json(paths.meta(category), meta)
 
 
@@ -33,9 +49,11 @@ def _own_weights_hint(paths: RunPaths, category: str) -> str | None:
     return None
 
 
-def load_network(paths: RunPaths, category: str, runtime: RuntimeOptions, device: torch.device) -> TransFusionUNet:
+def load_network(paths: RunPaths, category: str, runtime: RuntimeOptions,
+                 device: torch.device) -> TransFusionUNet | ClassConditionedUNet:
     """A run's ``<category>_model.pkl``, loaded safely (the architecture is the file's) and placed on
-    ``device`` in eval mode; damaged weights of the run's own training say how to rebuild them."""
+    ``device`` in eval mode, class-conditioned when its class-embedding file lies beside it; damaged
+    weights of the run's own training say how to rebuild them."""
     paths.require_weights(category)
     path = paths.weights(category)
     try:
@@ -45,6 +63,8 @@ def load_network(paths: RunPaths, category: str, runtime: RuntimeOptions, device
         if own and path.exists():
             raise exc.with_hint(own) from None
         raise
+    if paths.class_embedding(category).is_file():
+        net = with_class_embedding(net, paths.class_embedding(category))
     return runtime.place(net, device).eval()
 
 

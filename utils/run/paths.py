@@ -4,6 +4,15 @@ Layout of ``<log-path>/<run-name>/``::
 
     models/<category>_model.pkl        weights only, the released checkpoints' format
                                        (a state dict whose keys start with ``model.``)
+    models/*_model.pkl                 -c train_multiclass: the one network of every category, under the
+                                       original's literal name (a file called "*_model.pkl"); every other
+                                       file of that network uses the key "multiclass" in place of
+                                       <category> below (multiclass_meta.json, multiclass_state_...,
+                                       tensorboard/multiclass/, calibration/multiclass/, ...), and its
+                                       per-category results go to results/multiclass/<category>/
+    models/multiclass_class_embedding.pt
+                                       --class-embedding: the categories and their rows (the weights
+                                       beside it stay the paper's network)
     models/<category>_meta.json        side file: network config, image size, T, depth range,
                                        epoch, the thresholds of -c test and -c calibrate
     models/<category>_state_eNNNNN_bNNNNN.pt
@@ -38,6 +47,12 @@ from pathlib import Path
 
 from utils.core.errors import TransFusionError
 
+# The key of the one network -c train_multiclass trains, in every file name of the run but its
+# weights, which keep the original's literal "*" (docs/method.md §10): a shell-friendly name for
+# the meta, states, locks, results, logs and calibration, and what listings show instead of "*".
+MULTICLASS = "multiclass"
+_WEIGHTS_STEM = {MULTICLASS: "*"}
+
 
 class RunPaths:
     """The paths of one run folder, ``<log-path>/<run-name>`` (the layout above)."""
@@ -58,7 +73,12 @@ class RunPaths:
         return self.root / "models"
 
     def weights(self, category: str) -> Path:
-        return self.models / f"{category}_model.pkl"
+        """``<category>_model.pkl``; the multi-class network's is the original's ``*_model.pkl``."""
+        return self.models / f"{_WEIGHTS_STEM.get(category, category)}_model.pkl"
+
+    def class_embedding(self, category: str) -> Path:
+        """-c train_multiclass --class-embedding: the categories and their learned rows."""
+        return self.models / f"{category}_class_embedding.pt"
 
     def meta(self, category: str) -> Path:
         return self.models / f"{category}_meta.json"
@@ -72,8 +92,9 @@ class RunPaths:
         return self.models / f"{category}_onnx.json"
 
     def categories(self) -> list[str]:
-        """The categories this run holds weights for, sorted."""
-        return sorted(p.name[: -len("_model.pkl")] for p in self.models.glob("*_model.pkl"))
+        """The categories this run holds weights for, sorted ("multiclass" for ``*_model.pkl``)."""
+        stems = (p.name[: -len("_model.pkl")] for p in self.models.glob("*_model.pkl"))
+        return sorted(MULTICLASS if stem == "*" else stem for stem in stems)
 
     def train_state(self, category: str, epoch: int, batch: int = 0) -> Path:
         """Training state after ``epoch`` full epochs and ``batch`` batches of the next one."""
@@ -93,21 +114,28 @@ class RunPaths:
     def tensorboard(self, category: str) -> Path:
         return self.root / "tensorboard" / category
 
-    def results(self, category: str) -> Path:
-        return self.root / "results" / category
+    def results(self, category: str, of: str | None = None) -> Path:
+        """-c test's files for ``category``; ``of=MULTICLASS``: those of the multi-class network's test
+        of that category (results/multiclass/<category>/)."""
+        return self.root / "results" / category if of is None else self.root / "results" / of / category
 
-    def visualizations(self, category: str) -> Path:
+    def results_index(self, of: str | None = None) -> Path:
+        """The page over every tested category: results/index.html (results/multiclass/index.html)."""
+        return (self.root / "results" if of is None else self.root / "results" / of) / "index.html"
+
+    def visualizations(self, category: str, of: str | None = None) -> Path:
         """-c test --visualize: one panel per test image."""
-        return self.results(category) / "visualizations"
+        return self.results(category, of) / "visualizations"
 
     @property
     def qualitative_figure(self) -> Path:
         """-c demo: a few defects of every category in one picture."""
         return self.root / "qualitative.png"
 
-    def calibration(self, category: str) -> Path:
-        """-c calibrate's scores and record (the threshold itself goes into the meta)."""
-        return self.root / "calibration" / category
+    def calibration(self, category: str, of: str | None = None) -> Path:
+        """-c calibrate's scores and record (the threshold itself goes into the meta); ``of=MULTICLASS``:
+        those of one category of the multi-class network (calibration/multiclass/<category>/)."""
+        return self.root / "calibration" / category if of is None else self.root / "calibration" / of / category
 
     @property
     def output_csv(self) -> Path:
@@ -157,13 +185,19 @@ class RunPaths:
     def require_weights(self, category: str) -> None:
         """A one-line error when the run holds no weights for ``category`` (naming those it holds)."""
         self.require_models()
+        if category == MULTICLASS and not self.has_weights(category):
+            raise TransFusionError(f"run {self.root} has no multi-class network ({self.weights(category)}): train one "
+                                   f"with -c train_multiclass -r {self.root.name}, or place multi-class weights there")
         if not self.has_weights(category):
             found = self.categories()
             raise TransFusionError(f"run {self.root} has no weights for category {category!r} (it holds "
                                    f"{', '.join(found) if found else 'none'})")
 
     def pick_category(self, category: str) -> str:
-        """``--category``, or the run's only category when it is 'all'."""
+        """``--category``, or the run's only category when it is 'all' ("*" names the multi-class
+        network, as in the original)."""
+        if category == "*":
+            return MULTICLASS
         if category != "all":
             return category
         self.require_models()

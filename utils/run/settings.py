@@ -215,15 +215,22 @@ def _num_steps(meta: dict[str, Any], meta_path: Path, requested: Requested) -> i
     return int(trained)
 
 
-def training_depth_range(args: argparse.Namespace, category: str) -> DepthSource | None:
+def training_depth_range(args: argparse.Namespace, categories: str | list[str]) -> DepthSource | None:
     """With -d: the depth range of a run that records none (released weights), taken from the
     training set as training takes it (gmin, gmax of the raw full-size tiffs, so the working size
-    does not matter); None without -d."""
+    does not matter; a multi-class network's over the union of its ``categories``: the smallest
+    gmin and the largest gmax, docs/method.md §10); None without -d."""
     if not args.data_path:
         return None
     from data.datasets import TrainDataset  # reads the dataset: only where a depth range is missing
 
-    return lambda mode: TrainDataset(args.dataset, args.data_path, category, mode, args.img_size).depth_norm
+    names = [categories] if isinstance(categories, str) else list(categories)
+
+    def union(mode: str) -> tuple[float, float]:
+        ranges = [TrainDataset(args.dataset, args.data_path, c, mode, args.img_size).depth_norm for c in names]
+        return min(r[0] for r in ranges), max(r[1] for r in ranges)  # type: ignore[index]
+
+    return union
 
 
 def _depth_norm(meta: dict[str, Any], meta_path: Path, mode: str,

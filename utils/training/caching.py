@@ -91,7 +91,7 @@ class CachePlan:
         else:
             verdict = "kept in memory" + ("" if self.keeps_textures or not self.texture_bytes else
                                           " (the training images; the textures do not fit too)")
-        return (f"image cache: {self.n_images} training images ({category}, the largest category) take "
+        return (f"image cache: {self.n_images} training images ({category}) take "
                 f"{_mib(self.image_bytes)} decoded at {size} px{textures}; {self._memory()}: {verdict}")
 
 

@@ -16,7 +16,7 @@ from utils.core.errors import Interrupted, TransFusionError
 from utils.machine.distributed import SINGLE, Dist, barrier, gather_objects, raise_together
 from utils.run.locks import held
 from utils.run.ownership import move_aside, replaced_stamp, start_refusal
-from utils.run.paths import RunPaths
+from utils.run.paths import MULTICLASS, RunPaths
 from utils.training.trainer import TrainOutcome, train_category
 
 
@@ -160,5 +160,62 @@ def run_train(args: Any, categories: list[str] | None = None) -> dict[str, Train
             raise Interrupted(f"[{cat}] checkpoint saved: {saved}; continue with -c train -r {args.run_name} "
                               f"--category {args.category} --resume" if dist.is_main or per_category is SINGLE else "")
         return outcomes
+    finally:
+        shutdown(dist)
+
+
+def union_categories(args: Any) -> list[str]:
+    """-c train_multiclass's categories: every category folder under -d (the original's glob ``*``),
+    or those --category names (a comma-separated list)."""
+    from data.discovery import present_categories, resolve_categories
+
+    if args.category == "all":
+        return present_categories(args.dataset, args.data_path)
+    return resolve_categories(args.dataset, args.data_path, args.category)
+
+
+def run_train_multiclass(args: Any) -> dict[str, TrainOutcome]:
+    """``-c train_multiclass``: one network on the union of the categories (docs/method.md §10), saved
+    as ``models/*_model.pkl``; every other file of it is keyed "multiclass". Under torchrun every
+    rank shares the union's batches (DistributedDataParallel).
+
+    Raises `Interrupted` after Ctrl-C saved a checkpoint (the command line exits with 130)."""
+    from utils.machine.distributed import init_distributed, shutdown
+    from utils.training.feed import texture_source
+    from utils.training.preflight import dry_run
+
+    dist, device = init_distributed(args.device)
+    try:
+        categories = union_categories(args)
+        if dist.is_main:
+            print(f"-c train_multiclass: one network for the {len(categories)} categor"
+                  f"{'y' if len(categories) == 1 else 'ies'} under {args.data_path}: {', '.join(categories)}")
+        if args.dry_run:
+            if dist.is_main:
+                dry_run(args, device, categories, multiclass=True)
+            return {}
+        paths = RunPaths(args.log_path, args.run_name)
+        if args.preview_synthesis:
+            if dist.is_main:
+                from utils.training.preview import run_preview
+
+                if has_rgb(args.mode):
+                    texture_source(args, announce=True)
+                run_preview(args, [MULTICLASS], paths, union=categories)
+            return {}
+        _trainable(args, categories, dist)  # every category's files open, or one line naming the broken ones
+        with _owned(args, paths, [MULTICLASS], [MULTICLASS], dist, own_locks=False):
+            outcome = train_category(args, MULTICLASS, device, paths, dist, categories=categories)
+            barrier(dist)
+        if outcome.interrupted:
+            saved = (paths.train_states(MULTICLASS) or [paths.models])[-1]
+            raise Interrupted(f"[{MULTICLASS}] checkpoint saved: {saved}; continue with -c train_multiclass -r "
+                              f"{args.run_name} --resume" if dist.is_main else "")
+        if dist.is_main:
+            share = outcome.data_wait_share
+            waited = "" if share is None else f" ({share:.0%} of it waiting for data)"
+            print(f"[{MULTICLASS}] trained {outcome.epochs_done} epochs in {outcome.seconds / 60:.1f} min{waited}; "
+                  f"weights: {paths.weights(MULTICLASS)}")
+        return {MULTICLASS: outcome}
     finally:
         shutdown(dist)

@@ -22,10 +22,11 @@ from tqdm import tqdm
 
 from data.discovery import find_test_samples, find_train_images, resolve_categories, scan_category
 from data.io import too_many_pixels
+from models.modes import has_rgb
 from models.unet import TransFusionUNet, UNetConfig
 from utils.core.errors import TransFusionError
 from utils.run.ownership import start_refusal
-from utils.run.paths import RunPaths
+from utils.run.paths import MULTICLASS, RunPaths
 from utils.run.settings import unet_config
 from utils.training import caching
 
@@ -177,16 +178,31 @@ def broken_refusal(broken: dict[str, str], n_categories: int) -> str:
             f"{way_out}")
 
 
-def dry_run(args: argparse.Namespace, device: torch.device) -> None:
-    """Check files, masks, sizes, device and memory; print a report; train nothing."""
+def _cache_report(args: argparse.Namespace, largest: tuple[int, str]) -> str:
+    """--dry-run's line on the decoded-image cache for the largest training set (and the textures)."""
+    from utils.training.feed import texture_source
+
+    textures = texture_source(args, announce=False) if has_rgb(args.mode) else None
+    if args.dtd_path and textures is not None:
+        print(f"textures: {textures.description}")
+    return caching.plan(largest[0], args.mode, args.img_size, textures, args.no_image_cache).report(largest[1],
+                                                                                                  args.img_size)
+
+
+def dry_run(args: argparse.Namespace, device: torch.device, categories: list[str] | None = None,
+            multiclass: bool = False) -> None:
+    """Check files, masks, sizes, device and memory; print a report; train nothing. ``multiclass``:
+    the one network of -c train_multiclass on the union of ``categories``."""
     print(f"device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
           + f"; {args.workers} DataLoader workers")
-    categories = resolve_categories(args.dataset, args.data_path, args.category)
+    if categories is None:
+        categories = resolve_categories(args.dataset, args.data_path, args.category)
     checked, broken = check_categories(args, categories, progress=not args.quiet)
     if broken and not args.skip_broken:
         raise TransFusionError(broken_refusal(broken, len(categories)))
     problems = len(broken)
     largest = max(((c.n_train, c.category) for c in checked), default=(0, ""))
+    n_train = sum(c.n_train for c in checked)  # a multi-class network keeps the union's
     for c in checked:
         if c.mismatched_masks:
             problems += 1
@@ -198,17 +214,13 @@ def dry_run(args: argparse.Namespace, device: torch.device) -> None:
             print(c.scan_line)
     for cat, why in broken.items():
         print(f"[{cat}] warning: --skip-broken would skip it: {why}")
-    refusal = start_refusal(RunPaths(args.log_path, args.run_name), categories, args.resume, args.overwrite)
+    networks = [MULTICLASS] if multiclass else categories
+    refusal = start_refusal(RunPaths(args.log_path, args.run_name), networks, args.resume, args.overwrite)
     if refusal:
         problems += 1
         print(f"warning: -c train would refuse to start: {refusal}")
-    from data.textures import TextureSource
-
-    textures = TextureSource.from_dtd(args.dtd_path) if args.dtd_path else TextureSource.builtin()
-    if args.dtd_path:
-        print(f"textures: {textures.description}")
-    print(caching.plan(largest[0], args.mode, args.img_size, textures, args.no_image_cache).report(largest[1],
-                                                                                                  args.img_size))
+    print(_cache_report(args, (n_train, "the union") if multiclass else (largest[0], f"{largest[1]}, the largest "
+                                                                                   f"category")))
     n_params = parameter_count(args)
     mem = training_memory_estimate(args)
     need = checkpoint_bytes(n_params, args.keep_last)
@@ -216,6 +228,11 @@ def dry_run(args: argparse.Namespace, device: torch.device) -> None:
           f"{args.img_size} px keeps about {mem / GIB:.1f} GiB ({'GPU' if device.type == 'cuda' else 'RAM'}: "
           f"weights, optimizer state, saved activations; the peak is ~1.5x that); "
           f"checkpoints about {need / GIB:.2f} GiB")
+    steps = -(-(n_train - (args.holdout or 0) * len(categories)) // args.bs) if multiclass else None
+    if steps is not None:
+        tflop = 3 * forward_gflop(unet_config(args), args.img_size) * args.bs / 1e3  # forward + backward
+        print(f"union: {n_train} training images of {len(categories)} categories, {steps} steps per epoch, "
+              f"{steps * args.epoch_num} steps for --epoch-num {args.epoch_num}, about {tflop:.2g} TFLOP per step")
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         if 1.5 * mem > free:

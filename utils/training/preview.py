@@ -27,10 +27,12 @@ from utils.training.feed import training_data
 MAX_ROWS = 64  # rows drawn in the PNG; the .npz always holds all N samples
 
 
-def collect_samples(args: Any, category: str, paths: RunPaths, n: int) -> dict[str, np.ndarray]:
+def collect_samples(args: Any, category: str, paths: RunPaths, n: int,
+                    union: list[str] | None = None) -> dict[str, np.ndarray]:
     """The first ``n`` samples training would see (both halves of each batch, in order,
     continuing into the next epochs when the training set is smaller than ``n``)."""
-    data = training_data(args, category, paths, keep_decoded=False)  # a few samples: not worth decoding all
+    # a few samples: not worth decoding every image
+    data = training_data(args, category, paths, keep_decoded=False, categories=union)
     gen = torch.Generator().manual_seed(args.seed)  # rank 0's step generator, as in training
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("x0", "x_t", "eps", "mask", "mask_c", "t", "anomalous")}
     got = 0
@@ -50,9 +52,11 @@ def collect_samples(args: Any, category: str, paths: RunPaths, n: int) -> dict[s
     raise AssertionError("unreachable")  # itertools.count never ends
 
 
-def write_preview(args: Any, category: str, paths: RunPaths, n: int) -> tuple[Path, Path]:
-    """Write ``<category>.npz`` and ``<category>.png``; returns their paths."""
-    samples = collect_samples(args, category, paths, n)
+def write_preview(args: Any, category: str, paths: RunPaths, n: int,
+                  union: list[str] | None = None) -> tuple[Path, Path]:
+    """Write ``<category>.npz`` and ``<category>.png``; returns their paths (``union``: the categories
+    of the multi-class network ``category``)."""
+    samples = collect_samples(args, category, paths, n, union)
     buf = io.BytesIO()
     np.savez_compressed(buf, **{k: v for k, v in samples.items() if k != "anomalous"})
     npz = paths.synthesis_preview(category, ".npz")
@@ -66,9 +70,9 @@ def write_preview(args: Any, category: str, paths: RunPaths, n: int) -> tuple[Pa
     return npz, png
 
 
-def run_preview(args: Any, categories: list[str], paths: RunPaths) -> None:
-    """One npz + png pair per category; nothing is trained."""
+def run_preview(args: Any, categories: list[str], paths: RunPaths, union: list[str] | None = None) -> None:
+    """One npz + png pair per category (or for the multi-class network of ``union``); nothing is trained."""
     for cat in categories:
-        npz, png = write_preview(args, cat, paths, args.preview_synthesis)
+        npz, png = write_preview(args, cat, paths, args.preview_synthesis, union)
         drawn = "" if args.preview_synthesis <= MAX_ROWS else f" (the first {MAX_ROWS} drawn)"
         print(f"[{cat}] synthesis preview of {args.preview_synthesis} training samples: {npz}, {png}{drawn}")

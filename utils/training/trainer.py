@@ -20,15 +20,18 @@ from tqdm import tqdm
 from data.datasets import TestDataset
 from data.discovery import find_test_samples, scan_category
 from data.textures import TextureSource
-from models.checkpoint import CheckpointError, load_state_dict_file, save_released
+from models.checkpoint import CheckpointError, load_state_dict_file
+from models.conditioning import ClassConditionedUNet, OneCategory
 from models.losses import LossTerms, transfusion_loss
 from models.transparency import TransparencyProcess, make_training_input
 from models.unet import TransFusionUNet, UNetConfig
 from utils.core.errors import TransFusionError
 from utils.evaluation.loop import EvalSettings, evaluate
 from utils.machine.distributed import SINGLE, Dist, any_rank, sync_buffers
-from utils.reports.tables import fmt_pct
+from utils.reports.output_csv import AVERAGE_ROW, append_output_csv
+from utils.reports.tables import avg_line, fmt_pct, mean_metrics
 from utils.run.meta import build_meta
+from utils.run.network import save_network
 from utils.run.paths import RunPaths
 from utils.run.settings import Requested, resolve_settings, runtime_options, scoring_options, unet_config
 from utils.training.feed import TrainingData, check_same_holdout, fg_mask_record, training_data
@@ -101,7 +104,7 @@ def evaluates_after(epoch_index: int, every: int) -> bool:
     return every > 0 and epoch_index % every == 0
 
 
-def _announce_evaluation(args: Any, category: str, test_set: TestDataset, start_epoch: int, cfg: UNetConfig,
+def _announce_evaluation(args: Any, category: str, n_images: int, start_epoch: int, cfg: UNetConfig,
                          device: torch.device, log: Any) -> None:
     """Say when the test set will be evaluated during training, and what that costs."""
     from utils.training.preflight import forward_gflop
@@ -110,7 +113,7 @@ def _announce_evaluation(args: Any, category: str, test_set: TestDataset, start_
     if not epochs:
         return
     shown = ", ".join(str(e) for e in epochs[:4]) + (f", ... ({len(epochs)} in all)" if len(epochs) > 4 else "")
-    line = (f"[{category}] evaluating the {len(test_set)} test images after epoch{'s' if len(epochs) > 1 else ''} "
+    line = (f"[{category}] evaluating the {n_images} test images after epoch{'s' if len(epochs) > 1 else ''} "
             f"{shown} (--eval-epoch-num {args.eval_epoch_num}")
     if device.type == "cpu":
         steps = len(TransparencyProcess(args.diffusion_num_steps).schedule(args.eval_steps))
@@ -123,41 +126,66 @@ def _announce_evaluation(args: Any, category: str, test_set: TestDataset, start_
 
 
 class _CategoryTrainer:
-    """One category's training run: the state, the loop, the checkpoints, the logs."""
+    """One network's training run: the state, the loop, the checkpoints, the logs. ``category`` is the
+    network's key in the run folder: one category, or MULTICLASS with ``categories`` its union."""
 
     def __init__(self, args: Any, category: str, device: torch.device, paths: RunPaths, dist: Dist,
-                 textures: TextureSource | None = None) -> None:
+                 textures: TextureSource | None = None, categories: list[str] | None = None) -> None:
         self.args, self.category, self.device, self.paths, self.dist = args, category, device, paths, dist
+        self.categories = categories or [category]
         self.progress = not args.quiet and dist.is_main
         self.log = print if dist.is_main else (lambda *a, **k: None)
         self.runtime = runtime_options(args)
         cfg = unet_config(args)
         if dist.is_main:
-            print(scan_category(args.dataset, args.data_path, category).line())
-        self.data: TrainingData = training_data(args, category, paths, dist, textures)
-        self.meta = build_meta(cfg, args, 0, self.data.depth_norm)
-        self.meta["fg_masks"] = fg_mask_record(args, self.data.fg)
-        if self.data.holdout:
-            self.meta["holdout"] = self.data.holdout
-        self.test_set, self.eval_with = None, None
-        if args.eval_epoch_num > 0 and find_test_samples(args.dataset, args.data_path, category):
+            for cat in self.categories:
+                print(scan_category(args.dataset, args.data_path, cat).line())
+        self.data: TrainingData = training_data(args, category, paths, dist, textures, categories=categories)
+        self.meta = self._meta(cfg)
+        self.test_sets: dict[str, TestDataset] = {}
+        self.eval_with = None
+        tested = [c for c in self.categories if find_test_samples(args.dataset, args.data_path, c)]
+        if args.eval_epoch_num > 0 and tested:
             # scored as -c test will score the run: the settings resolver on the meta being trained
             self.eval_with = resolve_settings(paths, category, self.meta, cfg, Requested.from_args(args))
-            self.test_set = TestDataset(args.dataset, args.data_path, category, args.mode,
-                                        self.eval_with.image_size, depth_norm=self.eval_with.depth_norm)
+            self.test_sets = {c: TestDataset(args.dataset, args.data_path, c, args.mode, self.eval_with.image_size,
+                                             depth_norm=self.eval_with.depth_norm) for c in tested}
         torch.manual_seed(args.seed)  # the same initial weights on every rank
-        net = self.runtime.place(TransFusionUNet(cfg), device)
+        built: torch.nn.Module = TransFusionUNet(cfg)
+        if getattr(args, "class_embedding", False):  # rows of zeros: it starts as the unconditioned network
+            built = ClassConditionedUNet(built, list(self.data.parts))
+        net = self.runtime.place(built, device)
         opt = torch.optim.AdamW(net.parameters(), lr=args.lr)
         # t and rotation draws: rank 0 uses the seed itself, so one process matches plain training
         self.state = TrainState(net, opt, torch.optim.lr_scheduler.StepLR(opt, step_size=args.step_size,
                                                                           gamma=args.gamma),
                                 self.runtime.grad_scaler(device), torch.Generator().manual_seed(args.seed + dist.rank))
         if args.resume:
-            check_same_holdout(paths, category, self.data.holdout)
+            for cat, part in self.data.parts.items():
+                check_same_holdout(paths, category, part.holdout, None if categories is None else cat)
         self.bad_in_a_row = 0
         self.last_metrics: dict[str, Any] | None = None
         self.writer: SummaryWriter | None = None
         self.epoch_times: list[EpochTime] = []
+
+    def _meta(self, cfg: UNetConfig) -> dict[str, Any]:
+        """What the meta records: the network and settings; the foreground masks and held-out images
+        (for a multi-class network: its categories, and those per category)."""
+        meta = build_meta(cfg, self.args, 0, self.data.depth_norm)
+        if len(self.categories) == 1 and self.categories[0] == self.category:
+            meta["fg_masks"] = fg_mask_record(self.args, self.data.fg)
+            if self.data.holdout:
+                meta["holdout"] = self.data.holdout
+            return meta
+        meta["categories"] = list(self.data.parts)
+        if getattr(self.args, "class_embedding", False):
+            meta["class_embedding"] = {"file": self.paths.class_embedding(self.category).name,
+                                       "categories": list(self.data.parts)}
+        meta["per_category"] = {
+            cat: {"fg_masks": fg_mask_record(self.args, part.fg, texture_rule=False),
+                  **({"holdout": part.holdout} if part.holdout else {})}
+            for cat, part in self.data.parts.items()}
+        return meta
 
     def resume(self) -> None:
         cat, paths = self.category, self.paths
@@ -186,7 +214,7 @@ class _CategoryTrainer:
                 return
             except CheckpointError:
                 pass
-        save_released(self.state.net, path)
+        save_network(self.paths, self.category, self.state.net)
         self.log(f"[{self.category}] {path} was damaged or missing: rewritten from the training state "
                  f"(epoch {self.state.epoch}, batch {self.state.batch})")
 
@@ -206,8 +234,9 @@ class _CategoryTrainer:
         s, dev, process = self.state, self.device, self.data.process
         ti = make_training_input(process, batch["image"].to(dev), batch["eps"].to(dev), batch["mask"].to(dev),
                                  batch["mask_c"].to(dev), s.generator)
+        classes = (batch["class"].to(dev),) if isinstance(s.net, ClassConditionedUNet) else ()
         with self.runtime.autocast(dev):
-            eps_hat, x0_hat, logits = forward(torch.cat((ti.x_t, ti.mask_c), 1), ti.t)
+            eps_hat, x0_hat, logits = forward(torch.cat((ti.x_t, ti.mask_c), 1), ti.t, *classes)
         terms = transfusion_loss(process, ti.x_t, ti.t, ti.x0, ti.eps, ti.mask,
                                  eps_hat.float(), x0_hat.float(), logits.float())
         if any_rank(self.dist, not bool(torch.isfinite(terms.total)), dev):
@@ -284,31 +313,49 @@ class _CategoryTrainer:
         self.meta.update(epoch=s.epoch)
         if s.epoch % args.save_every == 0 or s.epoch == args.epoch_num:
             s.save(self.paths, self.category, args.keep_last, self.meta, self.dist)
-        if self.test_set is not None and evaluates_after(epoch_index, args.eval_epoch_num):
+        if self.test_sets and evaluates_after(epoch_index, args.eval_epoch_num):
             self._evaluate(evaluator)
 
     def _evaluate(self, evaluator: torch.nn.Module) -> None:
+        """Every test set of the network; a multi-class network's per-category rows and their
+        Average go to output.csv (docs/method.md §10), its mean to TensorBoard as eval/<metric>."""
+        assert self.eval_with is not None
         settings = EvalSettings(scoring=scoring_options(self.args), runtime=self.runtime,
                                 batch_size=self.args.eval_bs, workers=0)
-        out = evaluate(evaluator, self.eval_with.process, self.test_set, self.device, settings, dist=self.dist,
-                       progress=self.progress, desc=f"[{self.category}] evaluate")
-        self.last_metrics = out.metrics
+        rows = {}
+        conditioned = isinstance(self.state.net, ClassConditionedUNet)
+        for cat, test_set in self.test_sets.items():
+            net = OneCategory(evaluator, self.state.net.index(cat)) if conditioned else evaluator
+            out = evaluate(net, self.eval_with.process, test_set, self.device, settings, dist=self.dist,
+                           progress=self.progress, desc=f"[{cat}] evaluate")
+            rows[cat] = out.metrics
+            if self.dist.is_main:
+                tqdm.write(f"[{cat}] epoch {self.state.epoch}: image AUROC {fmt_pct(out.metrics['image_auroc'])}, "
+                           f"AUPRO {fmt_pct(out.metrics['aupro'])}")
+        multi = self.categories != [self.category]
+        self.last_metrics = mean_metrics(rows) if multi else rows[self.category]
         if self.writer:
-            for k, v in out.metrics.items():
+            for cat, metrics in rows.items():
+                for k, v in metrics.items():
+                    if isinstance(v, float):
+                        self.writer.add_scalar(f"eval/{cat}/{k}" if multi else f"eval/{k}", v, self.state.epoch)
+            for k, v in (self.last_metrics.items() if multi else ()):
                 if isinstance(v, float):
                     self.writer.add_scalar(f"eval/{k}", v, self.state.epoch)
-        if self.dist.is_main:
-            tqdm.write(f"[{self.category}] epoch {self.state.epoch}: image AUROC "
-                       f"{fmt_pct(out.metrics['image_auroc'])}, AUPRO {fmt_pct(out.metrics['aupro'])}")
+        if multi and self.dist.is_main:
+            for cat, metrics in {**rows, AVERAGE_ROW: self.last_metrics}.items():
+                append_output_csv(self.paths.output_csv, self.args.run_name, cat, self.state.epoch, metrics,
+                                  network=self.category)
+            tqdm.write(f"[{self.category}] epoch {self.state.epoch}: {avg_line(rows)}")
 
     def run(self) -> TrainOutcome:
         s, args = self.state, self.args
         if s.epoch >= args.epoch_num:
             self.log(f"[{self.category}] already trained for {s.epoch} epochs (--epoch-num {args.epoch_num})")
             return TrainOutcome(self.category, s.epoch, 0.0, None)
-        if self.test_set is not None:
-            _announce_evaluation(args, self.category, self.test_set, s.epoch, s.net.cfg,
-                                 self.device, self.log)
+        if self.test_sets:
+            _announce_evaluation(args, self.category, sum(len(t) for t in self.test_sets.values()), s.epoch,
+                                 s.net.cfg, self.device, self.log)
         forward, evaluator = self._networks()
         self.writer = SummaryWriter(str(self.paths.tensorboard(self.category))) if self.dist.is_main else None
         t0 = time.perf_counter()
@@ -328,10 +375,12 @@ class _CategoryTrainer:
 
 
 def train_category(args: Any, category: str, device: torch.device, paths: RunPaths,
-                   dist: Dist = SINGLE, textures: TextureSource | None = None) -> TrainOutcome:
-    """Train one category; with ``dist`` enabled, as one rank of DistributedDataParallel.
-    ``textures``: the run's texture source, shared by its categories (else made for this one)."""
-    trainer = _CategoryTrainer(args, category, device, paths, dist, textures)
+                   dist: Dist = SINGLE, textures: TextureSource | None = None,
+                   categories: list[str] | None = None) -> TrainOutcome:
+    """Train one category (or, with ``categories``, one multi-class network on their union under the
+    key ``category``); with ``dist`` enabled, as one rank of DistributedDataParallel. ``textures``:
+    the run's texture source, shared by its categories (else made for this one)."""
+    trainer = _CategoryTrainer(args, category, device, paths, dist, textures, categories)
     if args.resume:
         trainer.resume()
     return trainer.run()
