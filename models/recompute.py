@@ -15,7 +15,7 @@ them, the shortcut conv is computed in the same step, and only the parts are kep
 Gradients are bit-identical to plain autograd (`tests/models/test_recompute.py` checks `torch.equal`),
 and the BatchNorm running statistics are updated once, in the forward. Measured: the default
 network keeps about a third of the activation bytes; a 256 px batch-8 CPU training step peaks
-at about half the memory of the original's and is no slower (benchmarks/README.md).
+at about half the memory of the original's and is no slower (docs/performance.md).
 """
 from __future__ import annotations
 

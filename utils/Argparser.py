@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-w", type=float, default=DEFAULT_SCORING.weight)
     p.add_argument("--eval-steps", type=int, default=None, metavar="K",
                    help="test/predict (and evaluation during training): a strided reverse schedule of K "
-                        "steps instead of all T-2 (README: 'Fewer reverse steps'); opt-in, changes the scores")
+                        "steps instead of all T-2 (docs/step_study.md); opt-in, changes the scores")
     p.add_argument("--early-stop", type=int, default=None, metavar="N",
                    help="test/predict: stop an image once its thresholded mask has not changed for N "
                         "steps (the rest count its last probabilities); opt-in, changes the scores")

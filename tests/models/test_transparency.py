@@ -1,5 +1,5 @@
 """Opt-in reverse schedules (--eval-steps K, --early-stop N), checked against the rules as the
-README states them; the default stays the original's loop bit for bit."""
+docs/step_study.md states them; the default stays the original's loop bit for bit."""
 from __future__ import annotations
 
 import csv

@@ -22,7 +22,7 @@ from utils.reports.tables import avg_line, markdown_table
 from utils.run.paths import RunPaths
 
 # A CPU-sized configuration: 64 px, a 3-level 32-channel UNet with attention only at the
-# lowest level, a larger learning rate for the short schedule. Chosen by measurement (README).
+# lowest level, a larger learning rate for the short schedule. Chosen by measurement.
 DEMO_SETTINGS: dict[str, Any] = {
     "run_name": "demo",
     "dataset": "mvtec",

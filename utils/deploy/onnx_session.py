@@ -25,7 +25,7 @@ OUTPUT_NAMES = ("eps", "x0", "logits")
 def session_options(threads: int | None = None):  # -> onnxruntime.SessionOptions
     """Intra-op threads as torch uses them (torch.get_num_threads()), one inter-op thread, and idle
     threads that sleep when OMP_WAIT_POLICY is PASSIVE (Experiment.py sets it): spinning threads
-    slow everything down on a machine where anything else runs, as OpenMP's do (README)."""
+    slow everything down on a machine where anything else runs, as OpenMP's do (docs/performance.md)."""
     ort = optional_import("onnxruntime", "the onnxruntime backend")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = int(threads or torch.get_num_threads())
