@@ -211,6 +211,7 @@ def good_meta(run_copy) -> dict[str, Any]:
     return json.loads(_meta_path(run_copy[1]).read_text())
 
 
+@pytest.mark.slow  # 350 command lines each
 @pytest.mark.parametrize("command", ARGV)
 def test_every_malformed_meta_is_one_line_for_the_command_line(run_copy, good_meta, command):
     data, logs = run_copy
