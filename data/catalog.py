@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-DATASETS: tuple[str, ...] = ("mvtec", "visa", "mvtec3d", "folder")
+DATASETS: tuple[str, ...] = ("mvtec", "visa", "mvtec3d", "mvtec_ad2", "folder")
 
 DATASET_CATEGORIES: dict[str, tuple[str, ...]] = {
     "mvtec": (
@@ -23,7 +23,18 @@ DATASET_CATEGORIES: dict[str, tuple[str, ...]] = {
     "mvtec3d": (
         "bagel", "cable_gland", "carrot", "cookie", "dowel", "foam", "peach", "potato", "rope", "tire",
     ),
+    "mvtec_ad2": ("can", "fabric", "fruit_jelly", "rice", "sheet_metal", "vial", "wallplugs", "walnuts"),
 }
+
+# MVTec AD 2 (docs/method.md §11): its two unlabelled test sets, the suffix of their image names
+# (NNN_regular.png, NNN_mixed.png), and how many images each holds per scenario (the same count in
+# both): the benchmark server's checker refuses a submission with other counts.
+MVTEC_AD2_PRIVATE_SETS: dict[str, str] = {"test_private": "regular", "test_private_mixed": "mixed"}
+MVTEC_AD2_PRIVATE_COUNTS: dict[str, int] = {"can": 321, "fabric": 314, "fruit_jelly": 255, "rice": 277,
+                                            "sheet_metal": 142, "vial": 276, "wallplugs": 232, "walnuts": 228}
+# Datasets whose images are too varied for this project's computed foreground masks to have been
+# checked on real images here: their synthetic anomalies go anywhere unless released masks are given.
+NO_COMPUTED_FG_MASKS: frozenset[str] = frozenset({"mvtec_ad2"})
 
 # The authors' released runs (docs/method.md §9): the input mode each dataset's run was trained in. Their
 # published per-category results (utils/reports/published_data/) are for these modes only.

@@ -226,7 +226,9 @@ class TestDataset(Dataset):
         mode: str,
         img_size: int,
         depth_norm: tuple[float, float] | None = None,
+        samples: list[TestSample] | None = None,
     ) -> None:
+        """``samples``: these images instead of the category's test set (e.g. its validation images)."""
         check_dataset(dataset)
         _check_mode(dataset, mode)
         self.dataset, self.category, self.mode = dataset, category, mode
@@ -237,7 +239,8 @@ class TestDataset(Dataset):
                 f"take it from the training set or the checkpoint's saved depth_norm"
             )
         self.depth_norm = None if depth_norm is None else (float(depth_norm[0]), float(depth_norm[1]))
-        self.samples: list[TestSample] = find_test_samples(dataset, data_path, category)
+        self.samples: list[TestSample] = (find_test_samples(dataset, data_path, category) if samples is None
+                                          else list(samples))
         if has_depth(mode):
             for sample in self.samples:
                 if sample.xyz_path is None:

@@ -20,7 +20,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data.catalog import DATASET_CATEGORIES, DATASETS, IMAGE_EXTENSIONS, VISA_CSV, xyz_path_for
+from data.catalog import DATASET_CATEGORIES, DATASETS, IMAGE_EXTENSIONS, MVTEC_AD2_PRIVATE_SETS, VISA_CSV, xyz_path_for
 from utils.core.errors import TransFusionError
 
 _VISA_COLUMNS = ("object", "split", "label", "image", "mask")
@@ -289,7 +289,7 @@ def find_train_images(dataset: str, data_path: str | os.PathLike, category: str,
     folder are added to ``skipped`` when given."""
     check_dataset(dataset)
     root = _check_root(data_path)
-    if dataset == "mvtec":
+    if dataset in ("mvtec", "mvtec_ad2"):
         folder = root / category / "train" / "good"
         images = _list_images(folder, _PNG, skipped)
         pattern = folder / "*.png"
@@ -346,6 +346,8 @@ def find_test_samples(dataset: str, data_path: str | os.PathLike, category: str,
         return sorted(samples, key=lambda s: (s.defect, s.image_path.name, str(s.image_path)))
 
     base = _folder_root(root, category) if dataset == "folder" else root / category
+    if dataset == "mvtec_ad2":
+        return _mvtec_ad2_public(base, skipped)
     test_dir = base / "test"
     if not test_dir.is_dir():
         if dataset == "folder":
@@ -388,6 +390,39 @@ def find_test_samples(dataset: str, data_path: str | os.PathLike, category: str,
 
 
 
+def _mvtec_ad2_public(base: Path, skipped: list[Skipped] | None) -> list[TestSample]:
+    """MVTec AD 2's labelled test set: ``test_public/{good,bad}/*.png``, the masks of ``bad`` in
+    ``test_public/ground_truth/bad/<name>_mask.png`` (docs/method.md §11)."""
+    test_dir = base / "test_public"
+    if not test_dir.is_dir():
+        raise TransFusionError(f"test folder '{test_dir}' not found; expected '{test_dir}/good' and '{test_dir}/bad'")
+    samples = []
+    for defect in ("bad", "good"):
+        for image in _list_images(test_dir / defect, _PNG, skipped):
+            expected = test_dir / "ground_truth" / "bad" / f"{image.stem}_mask.png"
+            mask = expected if defect == "bad" and expected.is_file() else None
+            if defect == "bad" and mask is None:
+                raise _missing_mask_error(image, expected)
+            samples.append(TestSample(image, mask, int(defect == "bad"), defect))
+    if not samples:
+        raise TransFusionError(f"no test images under '{test_dir}'; expected '{test_dir}/good/*.png' and 'bad/*.png'")
+    return samples
+
+
+def find_private_images(data_path: str | os.PathLike, category: str) -> dict[str, list[Path]]:
+    """MVTec AD 2's two unlabelled test sets of one scenario, ``{"test_private": [...],
+    "test_private_mixed": [...]}``, each sorted by name; a missing folder is an error."""
+    base = _check_root(data_path) / category
+    found = {}
+    for split in MVTEC_AD2_PRIVATE_SETS:
+        folder = base / split
+        if not folder.is_dir():
+            raise TransFusionError(f"'{folder}' not found: MVTec AD 2 scenarios hold "
+                                   f"{' and '.join(MVTEC_AD2_PRIVATE_SETS)} (unpack the whole dataset)")
+        found[split] = _list_images(folder, _PNG)
+    return found
+
+
 def find_validation_images(dataset: str, data_path: str | os.PathLike, category: str) -> list[Path]:
     """Good images of a layout's ``validation/good`` split, which training never reads: MVTec 3D-AD's
     ``<cat>/validation/good/rgb/*.png``, else ``<cat>/validation/good/*`` where a layout has one
@@ -399,7 +434,8 @@ def find_validation_images(dataset: str, data_path: str | os.PathLike, category:
     base = _folder_root(root, category) if dataset == "folder" else root / category
     if dataset == "mvtec3d":
         return _list_images(base / "validation" / "good" / "rgb", _PNG)
-    return _list_images(base / "validation" / "good", _PNG if dataset == "mvtec" else IMAGE_EXTENSIONS)
+    png_only = dataset in ("mvtec", "mvtec_ad2")
+    return _list_images(base / "validation" / "good", _PNG if png_only else IMAGE_EXTENSIONS)
 
 
 # ----------------------------------------------------------------------------- what a run found
@@ -447,7 +483,7 @@ def scan_category(dataset: str, data_path: str | os.PathLike, category: str, tra
     run needs that part."""
     root = _check_root(data_path)
     base = _folder_root(root, category) if dataset == "folder" else root / category
-    scan = CategoryScan(category, base, ".png" if dataset in ("mvtec", "mvtec3d") else
+    scan = CategoryScan(category, base, ".png" if dataset in ("mvtec", "mvtec3d", "mvtec_ad2") else
                         " ".join(sorted(IMAGE_EXTENSIONS)))
     if train:
         try:

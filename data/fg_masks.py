@@ -37,7 +37,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from data.catalog import TEXTURE_CATEGORIES, xyz_path_for
+from data.catalog import NO_COMPUTED_FG_MASKS, TEXTURE_CATEGORIES, xyz_path_for
 from data.depth import preprocess_depth, read_xyz
 from data.io import read_rgb_uint8
 from utils.core.atomic import atomic_write_bytes, atomic_write_json
@@ -252,7 +252,8 @@ class FgMaskSource:
         required: bool = True,
         texture_rule: bool = True,
     ) -> FgMaskSource | None:
-        """Masks for one category, or None meaning "all ones" (textures, or masks disabled; with
+        """Masks for one category, or None meaning "all ones" (textures, masks disabled, or a dataset
+        of NO_COMPUTED_FG_MASKS without released masks; with
         ``texture_rule`` False, as -c train_multiclass trains, texture categories get masks too).
 
         With ``fg_mask_path`` the released masks are used, from
@@ -281,6 +282,8 @@ class FgMaskSource:
             missing = f"no released foreground masks in {candidates[0]}"
         else:
             missing = "no released foreground masks given"
+        if dataset in NO_COMPUTED_FG_MASKS:
+            return None  # anomalies anywhere: computed masks were never checked on this dataset's images
         computed = cls._computed(
             dataset, category, train_paths, int(img_size), None if cache_dir is None else Path(cache_dir)
         )

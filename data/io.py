@@ -325,6 +325,12 @@ def _nonzero_mask(im: Image.Image) -> np.ndarray:
     return np.nan_to_num(arr) != 0
 
 
+def read_mask_native(path: str | os.PathLike) -> np.ndarray:
+    """A ground-truth mask at its own resolution: boolean H×W, True where the file holds any
+    non-zero value (MVTec AD 2's metrics are taken at each image's own size, docs/method.md §11)."""
+    return _nonzero_mask(_open(Path(path), "mask"))
+
+
 def read_mask(
     path: str | os.PathLike, size: int, expected_hw: tuple[int, int] | None = None
 ) -> torch.Tensor:

@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--choice", choices=tuple(COMMANDS), required=True,
                    help="train, test, demo (built-in data, runs anywhere), predict (unlabelled images), "
                         "calibrate (a decision threshold from good images), export (the network as ONNX), "
-                        "train_multiclass / test_multiclass (one network for every category)")
+                        "train_multiclass / test_multiclass (one network for every category), "
+                        "submit (an MVTec AD 2 submission folder)")
     p.add_argument("-r", "--run-name", default=None, help="run folder name under --log-path")
     p.add_argument("-d", "--data-path", default=None, help="dataset root, as unpacked")
     p.add_argument("--log-path", default="./experiments/", help="where run folders live")
@@ -142,6 +143,11 @@ def _add_project_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=None,
                    help="predict (and export, into its JSON): decision threshold, defect when score >= it (default: "
                         "the calibrated threshold from -c calibrate, else the F1-max threshold from -c test)")
+    p.add_argument("--submission-dir", default=None, metavar="FOLDER",
+                   help="submit: where the MVTec AD 2 submission goes (default <log-path>/<run>/submission)")
+    p.add_argument("--submit-threshold", choices=("validation", "calibrated"), default="validation",
+                   help="submit: the segmentations' threshold: mean + 3 std of the validation/good maps (the "
+                        "dataset authors' baseline), or the run's -c calibrate threshold")
     p.add_argument("--target-fpr", type=_fraction, default=None, metavar="A",
                    help="calibrate: the false-alarm rate on good parts to stay under, as 0.01 or 1%%")
     p.add_argument("--confidence", type=_fraction, default=None, metavar="G",

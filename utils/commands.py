@@ -69,13 +69,21 @@ def run_test_multiclass(args: argparse.Namespace) -> Any:
     return test(args)
 
 
+def run_submit(args: argparse.Namespace) -> Any:
+    from utils.evaluation.submit import run_submit as submit
+
+    return submit(args)
+
+
 # The commands of -c, in the order --help lists them.
 COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
     "train": run_train, "test": run_test, "demo": run_demo, "predict": run_predict, "calibrate": run_calibrate,
     "export": run_export, "train_multiclass": run_train_multiclass, "test_multiclass": run_test_multiclass,
+    "submit": run_submit,
 }
 # What utils/Argparser.py checks per command: the ones that train a network from the flags, and
 # those that need a run folder (-r) and a dataset (-d).
 TRAINING = frozenset({"train", "train_multiclass", "demo"})
-NEEDS_RUN = frozenset({"train", "train_multiclass", "test", "test_multiclass", "predict", "export", "calibrate"})
-NEEDS_DATA = frozenset({"train", "train_multiclass", "test", "test_multiclass"})
+NEEDS_RUN = frozenset({"train", "train_multiclass", "test", "test_multiclass", "predict", "export", "calibrate",
+                       "submit"})
+NEEDS_DATA = frozenset({"train", "train_multiclass", "test", "test_multiclass", "submit"})

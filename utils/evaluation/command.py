@@ -23,6 +23,7 @@ from models.modes import has_depth
 from utils.core.errors import TransFusionError
 from utils.evaluation.loop import EvalOutput, EvalSettings, evaluate
 from utils.evaluation.metrics import f1_max
+from utils.evaluation.mvtec_ad2 import protocol, protocol_line, validation_threshold
 from utils.evaluation.pages import page_facts, threshold_lines, write_run_index, write_test_report
 from utils.evaluation.results import heat_map_range, write_panels, write_results
 from utils.machine.distributed import SINGLE, Dist, init_distributed, shutdown
@@ -118,9 +119,10 @@ def _published(args: argparse.Namespace, target: Target, mode: str,
 
 
 def _record(args: argparse.Namespace, target: Target, paths: RunPaths, settings: RunSettings, out: EvalOutput,
-            test_set: TestDataset) -> None:
+            test_set: TestDataset, extra: dict[str, Any] | None = None) -> None:
     """Rank 0: result files (decisions, published figures and Δ), the stored threshold and heat-map
-    scale, the output.csv row, the category's report.html and the index page."""
+    scale, the output.csv row, the category's report.html and the index page. ``extra``: more
+    summary.json entries (MVTec AD 2's protocol)."""
     network, category, mode, meta = target.network, target.category, settings.mode, settings.meta
     results = paths.results(category, target.of)
     in_use, candidates, notes = _thresholds(args, target, meta, paths.meta(network), out)
@@ -137,6 +139,7 @@ def _record(args: argparse.Namespace, target: Target, paths: RunPaths, settings:
         "n_mistakes": None if decisions is None else int(sum((d == "defect") != bool(y)
                                                              for d, y in zip(decisions, out.labels))),
         "config": {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, type(None)))},
+        **(extra or {}),
     }
     write_results(out, results, summary, decisions)
     map_range = heat_map_range(out.maps)
@@ -168,11 +171,18 @@ def _test_one(args: argparse.Namespace, target: Target, paths: RunPaths, net: to
         print(scan_category(args.dataset, args.data_path, cat, train=False).line())
     out = evaluate(net, settings.process, test_set, device, eval_settings(args), dist=dist,
                    progress=not args.quiet and dist.is_main, desc=f"[{target.label}] test", keep_pictures=args.visualize)
+    extra = None
+    if args.dataset == "mvtec_ad2" and dist.is_main:
+        validation = validation_threshold(net, settings.process, test_set, args.data_path, device, eval_settings(args),
+                                          progress=not args.quiet)
+        calibrated = calibrated_threshold(category_view(settings.meta, cat), paths.meta(target.network))
+        extra = {"mvtec_ad2": protocol(out, test_set, validation, calibrated, progress=not args.quiet)}
+        print(protocol_line(target.label, extra["mvtec_ad2"]))
     with results_lock(paths, target.network, f"-c test -r {args.run_name} --category {cat}", take=dist.is_main):
         if args.visualize:
             write_panels(paths.visualizations(cat, target.of), out, settings.mode)
         if dist.is_main:
-            _record(args, target, paths, settings, out, test_set)
+            _record(args, target, paths, settings, out, test_set, extra)
     return Tested(out.metrics, published_figures(args.dataset, settings.mode, cat, target.of is not None)), out
 
 

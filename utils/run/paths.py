@@ -36,6 +36,10 @@ Layout of ``<log-path>/<run-name>/``::
     synthesis_preview/<category>.npz   -c train --preview-synthesis: samples (and .png)
     fg_masks/<category>/               foreground masks computed where none were released
     replaced-<time>/<category>/        what --overwrite moved aside (weights, meta, states, results)
+    submission/                        -c submit (MVTec AD 2): anomaly_images/ and anomaly_images_thresholded/,
+                                       exactly what the benchmark server takes, nothing else
+    submission_progress/<category>.json
+                                       -c submit: the threshold and schedule a submission was made with
 
 Every file is written atomically (temporary file + rename, utils/core/atomic.py).
 """
@@ -167,6 +171,15 @@ class RunPaths:
     def results_lock(self, category: str) -> Path:
         """Held while a -c test writes ``category``'s results (a training does not take it)."""
         return self.root / "results" / f"{category}.lock"
+
+    @property
+    def submission(self) -> Path:
+        """-c submit's folder (the default of --submission-dir): only the server's files."""
+        return self.root / "submission"
+
+    def submission_record(self, category: str) -> Path:
+        """-c submit's record of one scenario (kept out of the submission folder)."""
+        return self.root / "submission_progress" / f"{category}.json"
 
     def has_weights(self, category: str) -> bool:
         return self.weights(category).exists()

@@ -8,6 +8,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from data.catalog import NO_COMPUTED_FG_MASKS
 from data.datasets import TrainDataset, UnionTrainDataset, union_order
 from data.demo_dataset import source_textures
 from data.discovery import find_train_images
@@ -65,6 +66,8 @@ def fg_mask_record(args: Any, fg: FgMaskSource | None, texture_rule: bool = True
         return {"kind": "depth-plane", "path": ""}
     if args.no_fg_masks:
         return {"kind": "none", "path": "", "why": "--no-fg-masks"}
+    if args.dataset in NO_COMPUTED_FG_MASKS:
+        return {"kind": "none", "path": "", "why": f"{args.dataset}: no released masks, and computed ones are not used"}
     assert texture_rule, "without the texture rule every category gets masks"
     return {"kind": "none", "path": "", "why": "texture category"}
 
