@@ -251,6 +251,7 @@ class FgMaskSource:
         cache_dir: Path | None,
         required: bool = True,
         texture_rule: bool = True,
+        computed: bool | None = None,
     ) -> FgMaskSource | None:
         """Masks for one category, or None meaning "all ones" (textures, masks disabled, or a dataset
         of NO_COMPUTED_FG_MASKS without released masks; with
@@ -261,7 +262,8 @@ class FgMaskSource:
         ``<fg_mask_path>/<category>/train/good/``). When that folder does not exist, a
         ``required`` path is an error; otherwise (the default ``./fg_masks/``, which the
         user did not name) masks are computed, as without ``fg_mask_path``, and cached in
-        ``cache_dir`` when given.
+        ``cache_dir`` when given. ``computed``: whether masks may be computed at all (default:
+        not for the datasets of NO_COMPUTED_FG_MASKS).
         """
         if not use_fg_masks or (texture_rule and category in TEXTURE_CATEGORIES):
             return None
@@ -282,7 +284,7 @@ class FgMaskSource:
             missing = f"no released foreground masks in {candidates[0]}"
         else:
             missing = "no released foreground masks given"
-        if dataset in NO_COMPUTED_FG_MASKS:
+        if not (dataset not in NO_COMPUTED_FG_MASKS if computed is None else computed):
             return None  # anomalies anywhere: computed masks were never checked on this dataset's images
         computed = cls._computed(
             dataset, category, train_paths, int(img_size), None if cache_dir is None else Path(cache_dir)

@@ -35,6 +35,21 @@ def _fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a fraction such as 0.05 or 5%, got {text!r}") from None
 
 
+# -c submit's thresholds by name (docs/mvtec_ad2.md); the other commands take a number only.
+SUBMIT_THRESHOLDS = ("validation", "calibrated")
+
+
+def _threshold(text: str) -> float | str:
+    """A decision threshold: a number, or (for -c submit) one of SUBMIT_THRESHOLDS."""
+    if text.strip() in SUBMIT_THRESHOLDS:
+        return text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number (or, with -c submit, {' or '.join(SUBMIT_THRESHOLDS)}), "
+                                         f"got {text!r}") from None
+
+
 def _bool(text: str) -> bool:
     value = text.strip().lower()
     if value in ("t", "true", "1", "yes", "y"):
@@ -85,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fg-mask-path", default=None,
                    help="released foreground masks (<path>/<dataset>_masks/<category>/train/good/); default "
                         "./fg_masks/ where it holds them, else masks are computed (the run says so)")
+    p.add_argument("--computed-fg-masks", action="store_true",
+                   help="train, -ds mvtec_ad2: compute foreground masks where none are released, as for the other "
+                        "datasets (off by default there: never checked on its real images)")
     p.add_argument("--no-fg-masks", action="store_true", help="synthesise anomalies anywhere")
     p.add_argument("--dtd-path", default=None,
                    help="Describable Textures Dataset root (images/<texture>/*.jpg); "
@@ -140,14 +158,13 @@ def _add_project_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--save-every", type=int, default=10, help="checkpoint every N epochs")
     p.add_argument("--keep-last", type=int, default=2, help="training-state checkpoints to keep")
     p.add_argument("--input", default=None, help="predict: an image, a folder or a glob")
-    p.add_argument("--threshold", type=float, default=None,
+    p.add_argument("--threshold", type=_threshold, default=None,
                    help="predict (and export, into its JSON): decision threshold, defect when score >= it (default: "
-                        "the calibrated threshold from -c calibrate, else the F1-max threshold from -c test)")
-    p.add_argument("--submission-dir", default=None, metavar="FOLDER",
+                        "the calibrated threshold from -c calibrate, else the F1-max threshold from -c test); "
+                        "submit: validation (default: mean + 3 std of the validation/good maps), calibrated, or a "
+                        "number, for the thresholded maps")
+    p.add_argument("--out", default=None, metavar="FOLDER",
                    help="submit: where the MVTec AD 2 submission goes (default <log-path>/<run>/submission)")
-    p.add_argument("--submit-threshold", choices=("validation", "calibrated"), default="validation",
-                   help="submit: the segmentations' threshold: mean + 3 std of the validation/good maps (the "
-                        "dataset authors' baseline), or the run's -c calibrate threshold")
     p.add_argument("--target-fpr", type=_fraction, default=None, metavar="A",
                    help="calibrate: the false-alarm rate on good parts to stay under, as 0.01 or 1%%")
     p.add_argument("--confidence", type=_fraction, default=None, metavar="G",
@@ -286,8 +303,12 @@ def _check_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         parser.error(f"--gamma (StepLR factor) must be in (0, 1], got {args.gamma}")
     if not 0 <= args.eval_w <= 1:
         parser.error(f"--eval-w (weight of the discriminative map) must be in [0, 1], got {args.eval_w}")
-    if args.threshold is not None and not math.isfinite(args.threshold):
+    if isinstance(args.threshold, str) and args.choice != "submit":
+        parser.error(f"--threshold {args.threshold} goes with -c submit; give a number here")
+    if isinstance(args.threshold, float) and not math.isfinite(args.threshold):
         parser.error(f"--threshold must be a finite number, got {args.threshold}")
+    if args.out is not None and args.choice != "submit":
+        parser.error("--out goes with -c submit (the submission folder)")
     for flag, least in (("step_size", 1), ("keep_last", 1), ("workers", 0), ("eval_epoch_num", 0),
                         ("seed", 0), ("unet_n_blocks", 1)):
         if getattr(args, flag) is not None and getattr(args, flag) < least:

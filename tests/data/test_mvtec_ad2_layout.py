@@ -31,7 +31,8 @@ def test_every_split_is_found_where_the_layout_puts_it(tmp_path):
     root = make_mvtec_ad2(tmp_path, categories=("can", "rice"), n_train=3, n_validation=2, n_good=2, n_bad=3,
                           n_private=4, grey=("rice",))
     assert [p.name for p in find_train_images("mvtec_ad2", root, "can")] == [f"{i:03d}_regular.png" for i in range(3)]
-    assert all(p.parent == root / "can" / "validation" / "good" for p in find_validation_images("mvtec_ad2", root, "can"))
+    validation = find_validation_images("mvtec_ad2", root, "can")
+    assert len(validation) == 2 and all(p.parent == root / "can" / "validation" / "good" for p in validation)
     samples = find_test_samples("mvtec_ad2", root, "rice")
     bad = [s for s in samples if s.defect == "bad"]
     assert len(bad) == 3 and all(s.label == 1 for s in bad) and all(s.label == 0 for s in samples if s not in bad)
@@ -58,3 +59,15 @@ def test_a_bad_image_without_its_mask_and_a_missing_private_set_are_one_line(tmp
     (root / "can" / "test_private_mixed").rmdir()
     with pytest.raises(TransFusionError, match="test_private_mixed"):
         find_private_images(root, "can")
+
+
+def test_foreground_masks_are_all_ones_unless_computed_ones_are_asked_for(tmp_path):
+    from data.fg_masks import FgMaskSource
+
+    root = make_mvtec_ad2(tmp_path)
+    train = find_train_images("mvtec_ad2", root, "can")
+    common = dict(dataset="mvtec_ad2", category="can", train_paths=train, img_size=32, fg_mask_path=None,
+                  use_fg_masks=True, cache_dir=None)
+    assert FgMaskSource.for_category(**common) is None  # None: anomalies anywhere
+    computed = FgMaskSource.for_category(**common, computed=True)
+    assert computed is not None and len(computed) == len(train) and computed.source.startswith("computed")

@@ -3,8 +3,8 @@
 For every scenario of the run and both private test sets: one single-channel float16 TIFF per
 image at the image's own size (``anomaly_images/<obj>/<set>/<name>.tiff``) and its segmentation,
 a single-channel PNG of 0 and 255 (``anomaly_images_thresholded/<obj>/<set>/<name>.png``), at the
-validation threshold (mean + 3·std over the validation/good maps, the dataset authors' baseline)
-or, with ``--submit-threshold calibrated``, the run's calibrated one. Every file is written
+validation threshold (mean + 3·std over the validation/good maps, the dataset authors' baseline),
+with ``--threshold calibrated`` the run's calibrated one, or a number given. Every file is written
 atomically; a stopped -c submit continues with the images that have no files yet. Before it
 ends it checks what the server's checker checks, and says what is missing or wrong in one line.
 """
@@ -63,9 +63,11 @@ def _threshold(args: argparse.Namespace, det: Detector, paths: RunPaths, categor
     """The threshold of the segmentations: the run's calibrated one (its own rule, score > value), or
     the validation threshold (map >= value), recorded in the run folder so that a resumed submit
     cuts every PNG of a scenario at the same value."""
-    if args.submit_threshold == "calibrated":
+    if isinstance(args.threshold, float):
+        return args.threshold
+    if args.threshold == "calibrated":
         if det.threshold is None or det.threshold.kind != "calibrated":
-            raise TransFusionError(f"{category}: --submit-threshold calibrated needs -c calibrate -r "
+            raise TransFusionError(f"{category}: --threshold calibrated needs -c calibrate -r "
                                    f"{args.run_name} --category {category} first (or use the validation threshold)")
         return det.threshold
     record_path = paths.submission_record(category)
@@ -163,7 +165,7 @@ def run_submit(args: argparse.Namespace) -> dict[str, int]:
     paths = RunPaths(args.log_path, args.run_name)
     paths.require_models()
     categories = resolve_categories("mvtec_ad2", args.data_path, args.category)
-    out = Path(args.submission_dir) if args.submission_dir else paths.submission
+    out = Path(args.out) if args.out else paths.submission
     for stray in out.rglob(".*.tmp") if out.is_dir() else ():
         stray.unlink()  # a write cut short by a kill (utils/core/atomic.py); its image is redone
     device = pick_device(args.device)
@@ -172,11 +174,13 @@ def run_submit(args: argparse.Namespace) -> dict[str, int]:
         if not (paths.has_weights(category) or paths.has_weights(MULTICLASS)):
             raise TransFusionError(f"{category}: no trained network in {paths.models} (train it: -c train -r "
                                    f"{args.run_name} -ds mvtec_ad2 --category {category}); the server needs all eight")
-        det = open_detector(args, paths, category, device)
+        det = open_detector(argparse.Namespace(**{**vars(args), "threshold": None}), paths, category, device)
         threshold = _threshold(args, det, paths, category)
         scored[category] = _submit_scenario(args, det, out, category, threshold)
         value = threshold.value if isinstance(threshold, Threshold) else threshold
-        print(f"[{category}] {scored[category]} private images scored ({args.submit_threshold} threshold "
+        kind = {None: "validation"}.get(args.threshold, args.threshold) if not isinstance(args.threshold, float) \
+            else "given"
+        print(f"[{category}] {scored[category]} private images scored ({kind} threshold "
               f"{value:.6g}); files in {out}")
     for line in check_submission(out, args.data_path, categories):
         print(line)

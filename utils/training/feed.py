@@ -53,9 +53,15 @@ def foreground_masks(args: Any, category: str, paths: RunPaths, dist: Dist = SIN
             fg = FgMaskSource.for_category(args.dataset, category, train_paths, args.img_size,
                                            args.fg_mask_path or DEFAULT_FG_MASK_PATH, not args.no_fg_masks,
                                            paths.fg_mask_cache(category), required=args.fg_mask_path is not None,
-                                           texture_rule=texture_rule)
+                                           texture_rule=texture_rule, computed=computed_fg_masks(args))
         barrier(dist)
     return fg
+
+
+def computed_fg_masks(args: Any) -> bool:
+    """Whether masks may be computed where none are released: yes, but for the datasets of
+    NO_COMPUTED_FG_MASKS only with --computed-fg-masks."""
+    return args.dataset not in NO_COMPUTED_FG_MASKS or bool(getattr(args, "computed_fg_masks", False))
 
 
 def fg_mask_record(args: Any, fg: FgMaskSource | None, texture_rule: bool = True) -> dict[str, Any]:
@@ -66,8 +72,9 @@ def fg_mask_record(args: Any, fg: FgMaskSource | None, texture_rule: bool = True
         return {"kind": "depth-plane", "path": ""}
     if args.no_fg_masks:
         return {"kind": "none", "path": "", "why": "--no-fg-masks"}
-    if args.dataset in NO_COMPUTED_FG_MASKS:
-        return {"kind": "none", "path": "", "why": f"{args.dataset}: no released masks, and computed ones are not used"}
+    if not computed_fg_masks(args):
+        return {"kind": "none", "path": "", "why": f"{args.dataset}: no released masks, and computed ones only with "
+                                                   f"--computed-fg-masks"}
     assert texture_rule, "without the texture rule every category gets masks"
     return {"kind": "none", "path": "", "why": "texture category"}
 

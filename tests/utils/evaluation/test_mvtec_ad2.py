@@ -126,7 +126,7 @@ def test_a_missing_map_or_a_foreign_file_is_refused_in_one_line(submitted, tmp_p
     saved = victim.read_bytes()
     victim.unlink()
     try:
-        with pytest.raises(TransFusionError, match="1 file\\(s\\) missing, e.g. anomaly_images/vial/test_private_mixed"):
+        with pytest.raises(TransFusionError, match=r"1 file\(s\) missing, e.g. anomaly_images/vial/test_private_mix"):
             check_submission(out, str(data), list(MVTEC_AD2_PRIVATE_COUNTS))
     finally:
         victim.write_bytes(saved)
@@ -149,3 +149,16 @@ def test_a_scenario_not_trained_is_named(submitted, tmp_path):
     argv[argv.index("--log-path") + 1] = str(logs)
     r = cli("-c", "submit", "-r", "half", *argv, check=False)
     assert r.returncode == 2 and "fabric: no trained network" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_given_threshold_and_another_folder(submitted, tmp_path):
+    data, run, common, _, _ = submitted
+    out = tmp_path / "sub"
+    cli("-c", "submit", "--eval-steps", "1", "--category", "can", "--threshold", "0.5", "--out", str(out), *common)
+    image = sorted((data / "can" / "test_private_mixed").iterdir())[2]
+    native = transfusion.Detector.from_run(run, "can", eval_steps=1)([image], input_size_maps=True).input_size_maps[0]
+    seg_path = out / "anomaly_images_thresholded" / "can" / "test_private_mixed" / f"{image.stem}.png"
+    seg = np.asarray(Image.open(seg_path))
+    assert np.array_equal(seg == 255, native >= 0.5)
+    refused = cli("-c", "predict", "--input", str(image), "--threshold", "calibrated", *common, check=False)
+    assert refused.returncode == 2 and "goes with -c submit" in refused.stderr
