@@ -4,6 +4,7 @@
     python benchmarks/bench_synthesis.py throughput --n 40
     python benchmarks/bench_synthesis.py wait --size 256 --bs 8 --workers 2 --steps 4
     python benchmarks/bench_synthesis.py wait --size 64 --steps 8        # a quick run
+    python benchmarks/bench_synthesis.py profile --dtd-path ../shared/data/dtd   # ms per part of an item
 
 ``throughput``: SyntheticAnomalyDataset items with make_anomaly=True at 256 px for rgb, rgbd and
 d, in this process (no DataLoader), on synthetic base images, with the built-in texture bank (so
@@ -13,8 +14,10 @@ it runs without any dataset). One torch thread by default, as in a DataLoader wo
 utils/training/feed.py builds: ``make_train_loader`` (HalfBatchSampler, SyntheticAnomalyDataset,
 ``--workers`` persistent worker processes, default prefetch) over ``TrainDataset('folder', ...)``
 reading PNG files written to a temporary folder (``--src-size`` px, 1024 by default like most
-MVTec AD images, resized to ``--size`` on every read), the built-in texture bank, the default rgb
-TransFusionUNet (n_channels 64), AdamW, float32. For each step:
+MVTec AD images), the built-in texture bank, the default rgb TransFusionUNet (n_channels 64),
+AdamW, float32; for each data path of ``--paths``, one after the other: ``kept``, the images and
+textures decoded and resized once before the workers start (what -c train does by default), and
+``decoded``, resized to ``--size`` on every read (--no-image-cache). For each step:
 
 - wait    = time blocked in ``next(iterator)``;
 - compute = make_training_input + forward + transfusion_loss + zero_grad/backward + AdamW step;
@@ -47,7 +50,7 @@ from data.synthesis import AnomalySynthesizer  # noqa: E402
 from data.textures import TextureSource  # noqa: E402
 from data.training_data import HalfBatchSampler, SyntheticAnomalyDataset  # noqa: E402
 
-SUBCOMMANDS = ("throughput", "wait")
+SUBCOMMANDS = ("throughput", "wait", "profile")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -123,6 +126,61 @@ def run_throughput(args: argparse.Namespace) -> None:
     for mode in ("rgb", "rgbd", "d"):
         rate = bench(mode, args.n, args.size, textures)
         print(f"{mode:5s} {args.size}px: {rate:7.1f} samples/s ({1000.0 / rate:6.1f} ms/sample, n={args.n})")
+
+
+# ----------------------------------------------------------------------------- profile
+
+
+def run_profile(args: argparse.Namespace) -> None:
+    """Milliseconds of each part of one training item at --size px, one torch thread: reading a
+    --src-size PNG (decode + resize) against converting a kept image, the Perlin map, each
+    augmentation, a texture drawn from files and from memory, and a whole anomaly."""
+    from PIL import Image
+
+    from data import augment
+    from data.io import network_rgb, read_rgb, read_rgb_resized
+    from data.perlin import perlin_anomaly_map
+    from data.synthesis import shuffle_tiles, to_uint8_image
+    from utils.machine.yardstick import matmul_gflops
+
+    torch.set_num_threads(1)
+    dtd = Path(args.dtd_path) if args.dtd_path else None
+    textures = TextureSource.from_dtd(dtd) if dtd else TextureSource.builtin()
+    kept = TextureSource.from_dtd(dtd) if dtd else TextureSource.builtin()
+    kept.keep_decoded(args.size)
+    tmp = Path(tempfile.mkdtemp(prefix="bench_profile_"))
+    png = tmp / "photo.png"
+    Image.fromarray(_fake_photo(0, args.src_size)).save(png)
+    resized = read_rgb_resized(png, args.size)
+    image = read_rgb(png, args.size)
+    u8 = to_uint8_image(image)
+    synth = AnomalySynthesizer("rgb", args.size, kept)
+    fg = torch.ones(1, args.size, args.size)
+    parts = {"read a PNG (decode + resize + convert)": lambda i: read_rgb(png, args.size),
+             "convert a kept image": lambda i: network_rgb(resized),
+             "Perlin map incl. rotation": lambda i: perlin_anomaly_map(args.size, np.random.default_rng(i)),
+             "texture from its file": lambda i: textures.sample(args.size, np.random.default_rng(i)),
+             "texture kept decoded": lambda i: kept.sample(args.size, np.random.default_rng(i)),
+             "shuffle_tiles": lambda i: shuffle_tiles(u8, np.random.default_rng(i)),
+             **{f"augment: {name}": (lambda op: lambda i: op(u8, np.random.default_rng(i)))(op)
+                for name, op in augment.AUGMENTATIONS},
+             "one anomaly (AnomalySynthesizer)": lambda i: synth(image, fg, np.random.default_rng(i))}
+    mm = st.median(matmul_gflops())
+    print(f"# bench_synthesis profile {time.strftime('%Y-%m-%d %H:%M')} {cpu_name()}; {args.size} px, "
+          f"{args.src_size} px PNG, textures {textures.description}; 1 torch thread; matmul {mm:.0f} GFLOP/s; "
+          f"load average {loadavg()}")
+    print("| part | ms (median of rounds) |\n|---|---|")
+    for name, fn in parts.items():
+        fn(0)
+        rounds = []
+        for r in range(args.rounds):
+            t0 = time.perf_counter()
+            for i in range(args.n):
+                fn(r * args.n + i)
+            rounds.append((time.perf_counter() - t0) / args.n * 1000)
+        print(f"| {name} | {st.median(rounds):.2f} |", flush=True)
+    print(f"# matmul at the end {st.median(matmul_gflops()):.0f} GFLOP/s")
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- wait
@@ -229,20 +287,107 @@ def _worker_stats(log_dir: Path, bs: int) -> dict:
     }
 
 
-def run_wait(args: argparse.Namespace) -> None:
+def wait_one(args: argparse.Namespace, root: Path, log_dir: Path, kept: bool) -> dict:
+    """One data path (``kept``: the images and textures decoded once, as -c train keeps them by
+    default; else decoded from the files every time, --no-image-cache): the steps, then the summary."""
     from data.datasets import TrainDataset
     from data.training_data import make_train_loader
     from models.losses import transfusion_loss
     from models.transparency import TransparencyProcess, make_training_input
     from models.unet import TransFusionUNet, UNetConfig
 
+    log_dir.mkdir(parents=True)
+    print(f"## {'images kept decoded (default)' if kept else '--no-image-cache: decoded every time'}", flush=True)
+    train_set, textures = TrainDataset("folder", root, root.name, "rgb", args.size), TextureSource.builtin()
+    if kept:
+        t0 = time.perf_counter()
+        train_set.keep_decoded(threads=args.fill_threads)
+        textures.keep_decoded(args.size, threads=args.fill_threads)
+        print(f"kept {len(train_set)} images and {len(textures.paths)} textures decoded in "
+              f"{time.perf_counter() - t0:.1f} s", flush=True)
+    log = _Log(log_dir)
+    base = _TimedBase(train_set, log)
+    synth = _TimedSynth(AnomalySynthesizer("rgb", args.size, textures), log)
+    loader = make_train_loader(base, synth, args.bs, args.seed, args.workers)  # type: ignore[arg-type]
+
+    process = TransparencyProcess(args.diffusion_steps, "rgb")
+    torch.manual_seed(args.seed)
+    net = TransFusionUNet(UNetConfig(mode="rgb", n_channels=args.n_channels)).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-5)
+    gen = torch.Generator().manual_seed(args.seed)
+
+    epoch = 0
+    loader.batch_sampler.set_epoch(epoch)
+    it = iter(loader)
+    rows = []  # (step, wait, compute, epoch_start)
+    for step in range(args.steps + 1):
+        epoch_start = step == 0
+        t0 = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:  # next epoch, as the training loop does
+            epoch += 1
+            epoch_start = True
+            loader.batch_sampler.set_epoch(epoch)
+            it = iter(loader)
+            batch = next(it)
+        t1 = time.perf_counter()
+        ti = make_training_input(process, batch["image"], batch["eps"], batch["mask"], batch["mask_c"], gen)
+        eps_hat, x0_hat, logits = net(torch.cat((ti.x_t, ti.mask_c), 1), ti.t)
+        terms = transfusion_loss(process, ti.x_t, ti.t, ti.x0, ti.eps, ti.mask, eps_hat, x0_hat, logits)
+        opt.zero_grad(set_to_none=True)
+        terms.total.backward()
+        opt.step()
+        loss = float(terms.total.detach())
+        t2 = time.perf_counter()
+        wait, comp = t1 - t0, t2 - t1
+        rows.append((step, wait, comp, epoch_start))
+        print(f"  step {step}: wait {wait:8.3f} s  compute {comp:8.3f} s  share {wait / (wait + comp):6.1%}  "
+              f"loss {loss:.4f}{'  (start-up)' if step == 0 else '  (epoch start)' if epoch_start else ''}  "
+              f"load {loadavg().split()[0]}", flush=True)
+    del it, loader  # shut the workers down so that their logs are complete
+    time.sleep(0.2)
+
+    timed = rows[1:]
+    waits = [r[1] for r in timed]
+    comps = [r[2] for r in timed]
+    shares = [r[1] / (r[1] + r[2]) for r in timed]
+    w_med, c_med = st.median(waits), st.median(comps)
+    ws = _worker_stats(log_dir, args.bs)
+    bw = ws["batch_wall"]
+    # Drop each worker's first batch (texture-bank decode, start-up) when there are others.
+    bw_steady = bw[args.workers:] if len(bw) > args.workers else bw
+    bc_steady = ws["batch_cpu"][args.workers:] if len(bw) > args.workers else ws["batch_cpu"]
+    b_med, bc_med = st.median(bw_steady), st.median(bc_steady)
+    step_med = st.median([w + c for w, c in zip(waits, comps)])
+    headroom = step_med / (b_med / args.workers)
+    print()
+    print(f"start-up step: wait {rows[0][1]:.3f} s (workers start, first batch), compute {rows[0][2]:.3f} s")
+    print(f"timed steps {len(timed)}: wait median {w_med:.4f} s (max {max(waits):.4f}), compute median "
+          f"{c_med:.3f} s (min {min(comps):.3f}, max {max(comps):.3f})")
+    total_share = sum(waits) / (sum(waits) + sum(comps))
+    print(f"wait share: median-based {w_med / (w_med + c_med):.2%}, total {total_share:.2%}, "
+          f"worst step {max(shares):.2%}  (target < 10%: {'MET' if max(shares) < 0.10 else 'NOT met'})")
+    first_batches = ", ".join(f"{x * 1000:.0f}" for x in bw[:args.workers])
+    print(f"workers (under contention): read {ws['read_ms']:.1f} ms/item wall ({ws['read_cpu_ms']:.1f} ms CPU), "
+          f"synthesis {ws['synth_ms']:.1f} ms/anomaly wall ({ws['synth_cpu_ms']:.1f} ms CPU, n={ws['n_synth']}); "
+          f"one batch of {args.bs} in one worker: median {b_med * 1000:.0f} ms wall, {bc_med * 1000:.0f} ms CPU "
+          f"(first batches incl. texture decode: {first_batches} ms)")
+    print(f"headroom = step {step_med:.3f} s / (batch {b_med:.3f} s / {args.workers} workers) "
+          f"= {headroom:.1f}x "
+          f"({'workers keep up' if headroom > 1 else 'workers fall behind'} in steady state); "
+          f"load average {loadavg()} at end")
+    return {"wait_share": total_share, "worst_share": max(shares), "headroom": headroom, "read_ms": ws["read_ms"],
+            "synth_ms": ws["synth_ms"], "batch_ms": b_med * 1000}
+
+
+def run_wait(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     n_images = args.images or (args.steps + 1) * args.bs  # one epoch covers the run by default
     tmp = Path(tempfile.mkdtemp(prefix="bench_wait_"))
     try:
-        root, log_dir = tmp / "pngs", tmp / "logs"
-        log_dir.mkdir()
+        root = tmp / "pngs"
         t0 = time.perf_counter()
         nbytes = write_folder_dataset(root, n_images, min(args.unique, n_images), args.src_size)
         print(f"# bench_synthesis wait  {time.strftime('%Y-%m-%d %H:%M')}  {cpu_name()}, {os.cpu_count()} CPUs, "
@@ -252,79 +397,14 @@ def run_wait(args: argparse.Namespace) -> None:
         print(f"# data: {n_images} PNGs ({min(args.unique, n_images)} distinct, {args.src_size} px, "
               f"{nbytes / n_images / 1e6:.2f} MB each, written in {time.perf_counter() - t0:.1f} s) read by "
               f"TrainDataset('folder'); built-in texture bank; load average {loadavg()} at start")
-
-        log = _Log(log_dir)
-        base = _TimedBase(TrainDataset("folder", root, root.name, "rgb", args.size), log)
-        synth = _TimedSynth(AnomalySynthesizer("rgb", args.size, TextureSource.builtin()), log)
-        loader = make_train_loader(base, synth, args.bs, args.seed, args.workers)  # type: ignore[arg-type]
-
-        process = TransparencyProcess(args.diffusion_steps, "rgb")
-        torch.manual_seed(args.seed)
-        net = TransFusionUNet(UNetConfig(mode="rgb", n_channels=args.n_channels)).train()
-        opt = torch.optim.AdamW(net.parameters(), lr=1e-5)
-        gen = torch.Generator().manual_seed(args.seed)
-
-        epoch = 0
-        loader.batch_sampler.set_epoch(epoch)
-        it = iter(loader)
-        rows = []  # (step, wait, compute, epoch_start)
-        for step in range(args.steps + 1):
-            epoch_start = step == 0
-            t0 = time.perf_counter()
-            try:
-                batch = next(it)
-            except StopIteration:  # next epoch, as the training loop does
-                epoch += 1
-                epoch_start = True
-                loader.batch_sampler.set_epoch(epoch)
-                it = iter(loader)
-                batch = next(it)
-            t1 = time.perf_counter()
-            ti = make_training_input(process, batch["image"], batch["eps"], batch["mask"], batch["mask_c"], gen)
-            eps_hat, x0_hat, logits = net(torch.cat((ti.x_t, ti.mask_c), 1), ti.t)
-            terms = transfusion_loss(process, ti.x_t, ti.t, ti.x0, ti.eps, ti.mask, eps_hat, x0_hat, logits)
-            opt.zero_grad(set_to_none=True)
-            terms.total.backward()
-            opt.step()
-            loss = float(terms.total.detach())
-            t2 = time.perf_counter()
-            wait, comp = t1 - t0, t2 - t1
-            rows.append((step, wait, comp, epoch_start))
-            print(f"  step {step}: wait {wait:8.3f} s  compute {comp:8.3f} s  share {wait / (wait + comp):6.1%}  "
-                  f"loss {loss:.4f}{'  (start-up)' if step == 0 else '  (epoch start)' if epoch_start else ''}  "
-                  f"load {loadavg().split()[0]}", flush=True)
-        del it, loader  # shut the workers down so that their logs are complete
-        time.sleep(0.2)
-
-        timed = rows[1:]
-        waits = [r[1] for r in timed]
-        comps = [r[2] for r in timed]
-        shares = [r[1] / (r[1] + r[2]) for r in timed]
-        w_med, c_med = st.median(waits), st.median(comps)
-        ws = _worker_stats(log_dir, args.bs)
-        bw = ws["batch_wall"]
-        # Drop each worker's first batch (texture-bank decode, start-up) when there are others.
-        bw_steady = bw[args.workers:] if len(bw) > args.workers else bw
-        bc_steady = ws["batch_cpu"][args.workers:] if len(bw) > args.workers else ws["batch_cpu"]
-        b_med, bc_med = st.median(bw_steady), st.median(bc_steady)
-        step_med = st.median([w + c for w, c in zip(waits, comps)])
-        headroom = step_med / (b_med / args.workers)
-        print()
-        print(f"start-up step: wait {rows[0][1]:.3f} s (workers start, first batch), compute {rows[0][2]:.3f} s")
-        print(f"timed steps {len(timed)}: wait median {w_med:.4f} s (max {max(waits):.4f}), compute median "
-              f"{c_med:.3f} s (min {min(comps):.3f}, max {max(comps):.3f})")
-        total_share = sum(waits) / (sum(waits) + sum(comps))
-        print(f"wait share: median-based {w_med / (w_med + c_med):.2%}, total {total_share:.2%}, "
-              f"worst step {max(shares):.2%}  (target < 10%: {'MET' if max(shares) < 0.10 else 'NOT met'})")
-        first_batches = ", ".join(f"{x * 1000:.0f}" for x in bw[:args.workers])
-        print(f"workers (under contention): read {ws['read_ms']:.1f} ms/item wall ({ws['read_cpu_ms']:.1f} ms CPU), "
-              f"synthesis {ws['synth_ms']:.1f} ms/anomaly wall ({ws['synth_cpu_ms']:.1f} ms CPU, n={ws['n_synth']}); "
-              f"one batch of {args.bs} in one worker: median {b_med * 1000:.0f} ms wall, {bc_med * 1000:.0f} ms CPU "
-              f"(first batches incl. texture decode: {first_batches} ms)")
-        print(f"headroom = step {step_med:.3f} s / (batch {b_med:.3f} s / {args.workers} workers) "
-              f"= {headroom:.1f}x "
-              f"({'workers keep up' if headroom > 1 else 'workers fall behind'} in steady state); "
-              f"load average {loadavg()} at end")
+        results = {path: wait_one(args, root, tmp / f"logs_{path}", path == "kept") for path in args.paths}
+        if len(results) > 1:
+            print("\n| data path | wait share | worst step | read ms/item | synthesis ms/anomaly | one batch in one "
+                  "worker, ms | headroom |")
+            print("|---|---|---|---|---|---|---|")
+            for path, r in results.items():
+                print(f"| {path} | {r['wait_share']:.2%} | {r['worst_share']:.2%} | {r['read_ms']:.1f} | "
+                      f"{r['synth_ms']:.1f} | {r['batch_ms']:.0f} | {r['headroom']:.1f}x |")
     finally:
         if args.keep:
             print(f"kept {tmp}")
@@ -347,6 +427,12 @@ def main(argv: list[str] | None = None) -> None:
     tp.add_argument("--n", type=int, default=40, help="samples per mode")
     tp.add_argument("--size", type=int, default=256, help="image side (multiple of 32)")
     tp.add_argument("--threads", type=int, default=1, help="torch threads (a DataLoader worker uses 1)")
+    pp = sub.add_parser("profile", help="ms of each part of a training item (decode, Perlin, augmentations...)")
+    pp.add_argument("--size", type=int, default=256)
+    pp.add_argument("--src-size", type=int, default=900, help="side of the PNG read (MVTec AD bottle: 900)")
+    pp.add_argument("--dtd-path", default=None, help="DTD root (default: the built-in bank)")
+    pp.add_argument("--n", type=int, default=30, help="calls per round")
+    pp.add_argument("--rounds", type=int, default=3)
     wp = sub.add_parser("wait", help="share of a training step spent waiting for the DataLoader")
     wp.add_argument("--size", type=int, default=256, help="training image side (multiple of 32)")
     wp.add_argument("--bs", type=int, default=8)
@@ -361,9 +447,15 @@ def main(argv: list[str] | None = None) -> None:
     wp.add_argument("--threads", type=int, default=0, help="torch threads in the training process (0: default)")
     wp.add_argument("--seed", type=int, default=0)
     wp.add_argument("--keep", action="store_true", help="keep the temporary PNG folder and worker logs")
+    wp.add_argument("--paths", nargs="+", choices=("kept", "decoded"), default=["kept", "decoded"],
+                    help="data paths measured one after the other: images kept decoded (the default of -c train), "
+                         "decoded every time (--no-image-cache)")
+    wp.add_argument("--fill-threads", type=int, default=1, help="threads decoding the kept images once")
     args = ap.parse_args(argv)
     if args.cmd == "wait":
         run_wait(args)
+    elif args.cmd == "profile":
+        run_profile(args)
     else:
         run_throughput(args)
 

@@ -1,7 +1,8 @@
 """The one prepared GPU check: correctness on CUDA, then training and evaluation speed.
 
-    python benchmarks/gpu_check.py --out gpu_check.json            # on a CUDA machine, ~3-5 min
-    python benchmarks/gpu_check.py --device cpu --size 64 --bs 2   # rehearsal of the same code path
+    python benchmarks/gpu_check.py --out gpu_check.json            # on a CUDA machine, ~5 min
+    python benchmarks/gpu_check.py --device cpu --size 64 --bs 2 --e2e-images 8 --e2e-epochs 2 --e2e-net demo
+                                                                   # rehearsal of the same code paths
 
 What it measures, in this order (each part is timed and written to the JSON as soon as it is done,
 so a run cut short still leaves what it measured):
@@ -12,7 +13,13 @@ so a run cut short still leaves what it measured):
    original), float32 with TF32 on, bf16 autocast; contiguous and channels_last layouts;
    recomputation of norm→SiLU on and off; peak device memory of each;
 3. evaluation images/s (the full 18-call reverse pass + scoring, models.scoring.score_batch) at
-   batch 8: float32, bf16, both layouts.
+   batch 8: float32, bf16, both layouts;
+4. end to end, `-c train` itself (benchmarks/bench_cli_train.py's train part) on ``--e2e-images``
+   900 x 900 PNGs it writes, fed by the machine's cores with the default --workers: samples/s of
+   the epochs after the first, the share of the steps spent waiting for data and the projected
+   hours for one MVTec AD category (1501 epochs x 240 images), in float32 and --amp bf16, for
+   this project, --no-image-cache and the original's data path (serial synthesis in the step,
+   4 decoding workers).
 
 The network is the default rgb TransFusionUNet with random weights (seed 0); the timed regions
 synchronise the device. Nothing here downloads anything.
@@ -119,6 +126,22 @@ def time_eval(device: torch.device, size: int, bs: int, amp: str, layout: str, p
     return {"images_per_s": bs / dt, "s_per_batch": dt, "peak_mib": peak_mib(device)}
 
 
+def end_to_end(args: argparse.Namespace, amp: str) -> dict:
+    """`-c train` on written 900 px PNGs: this project, --no-image-cache, original-style (bench_cli_train)."""
+    import bench_cli_train as e2e
+
+    from utils.machine.resources import available_cores, default_workers
+
+    out = Path(args.e2e_dir)
+    data = e2e.write_data(out / f"data_{args.e2e_images}", args.e2e_images, 900, 16)
+    o = e2e.options(["train", "--size", str(args.size), "--bs", str(args.bs), "--net", args.e2e_net,
+                     "--device", args.device, "--epochs", str(args.e2e_epochs), "--timeout", "600",
+                     "--out", str(out)])
+    rows = e2e.part_train(o, data, out / "logs", ("--amp", amp))
+    return {"cores": available_cores(), "default_workers": default_workers(torch.device(args.device).type),
+            "images": args.e2e_images, **rows}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda")
@@ -128,6 +151,10 @@ def main() -> None:
     p.add_argument("--eval-passes", type=int, default=3)
     p.add_argument("--reference", default=str(ROOT / "tests" / "fixtures" / "reference"))
     p.add_argument("--out", default="gpu_check.json")
+    p.add_argument("--e2e-images", type=int, default=240, help="end to end: training images (an MVTec AD category)")
+    p.add_argument("--e2e-epochs", type=int, default=3, help="end to end: epochs (the first is left out)")
+    p.add_argument("--e2e-net", choices=("default", "demo"), default="default")
+    p.add_argument("--e2e-dir", default=str(ROOT / "benchmarks" / "out" / "gpu_check_e2e"))
     args = p.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -155,6 +182,8 @@ def main() -> None:
     for amp in ("off", "bf16"):
         for layout in ("contiguous", "channels_last"):
             record(f"eval_{amp}_{layout}", time_eval, device, args.size, args.bs, amp, layout, args.eval_passes)
+    for amp in ("off", "bf16"):
+        record(f"train_end_to_end_{amp}", end_to_end, args, amp)
     print(f"written {args.out}")
 
 
