@@ -258,7 +258,8 @@ def in_child(kind: str, spec: dict, timeout: float = 3600) -> dict:
                           text=True, cwd=str(ROOT), timeout=timeout)
     found = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not found:
-        raise SystemExit(f"{kind} failed ({proc.returncode}):\n{proc.stdout[-1500:]}\n{proc.stderr[-3000:]}")
+        # RuntimeError, not SystemExit: gpu_check records a failed part and measures the next one
+        raise RuntimeError(f"{kind} failed ({proc.returncode}):\n{proc.stdout[-1500:]}\n{proc.stderr[-3000:]}")
     return json.loads(found[-1][len("RESULT "):])
 
 
@@ -423,25 +424,23 @@ def part_memory(o: argparse.Namespace, logs: Path) -> dict:
 
     data = write_data(o.out / "data_memory", o.mem_images, o.mem_src_size, o.unique)
     mem = argparse.Namespace(**{**vars(o), "size": 256, "bs": 8, "epochs": 1, "net": "default", "device": "cpu"})
+    cache = decoded_bytes(o.mem_images, 256) / 2**20
+    print(f"| {o.mem_images} images of {o.mem_src_size} px at 256 px, 2 workers | training process peak RSS (VmHWM) "
+          f"| its PSS | each worker's PSS | each worker's Private_Dirty | total PSS (peak) | steps, seconds |")
+    print("|---|---|---|---|---|---|---|", flush=True)
     rows = {}
-    for name, flags in (("kept (default)", []), ("--no-image-cache", ["--no-image-cache"])):
+    for name, flags in ((f"images kept decoded (default; {cache:.0f} MiB)", []),
+                        ("--no-image-cache", ["--no-image-cache"])):
         argv = [a for a in train_argv(data, logs, "mem", mem, "--workers", "2", *flags) if a != "--quiet"]
         shutil.rmtree(logs / "mem", ignore_errors=True)
         rows[name] = r = watch_training(argv, o.mem_steps, o.timeout)
-        w = r["workers_kib"]
-        print(f"  {name}: {r['steps_done']} steps in {r['seconds']:.0f} s; main VmHWM {r['main_kib'].get('VmHWM', 0) / 1024:.0f}"
-              f" MiB, total PSS {r['total_pss_kib'] / 1024:.0f} MiB; workers' PSS "
-              f"{', '.join(str(x.get('Pss', 0) // 1024) for x in w)} MiB, Private_Dirty "
-              f"{', '.join(str(x.get('Private_Dirty', 0) // 1024) for x in w)} MiB; {' '.join(r['said'])}", flush=True)
-    cache = decoded_bytes(o.mem_images, 256)
-    print(f"\n| {o.mem_images} images of {o.mem_src_size} px at 256 px, 2 workers | training process peak RSS "
-          f"(VmHWM) | its PSS | each worker's PSS | each worker's Private_Dirty | total PSS (peak) |")
-    print("|---|---|---|---|---|---|")
-    for name, r in rows.items():
-        w = r["workers_kib"]
-        print(f"| {name} (cache {cache / 2**20:.0f} MiB) | {r['main_kib'].get('VmHWM', 0) / 1024:.0f} MiB | "
-              f"{r['main_kib'].get('Pss', 0) / 1024:.0f} MiB | {' / '.join(str(x.get('Pss', 0) // 1024) for x in w)} MiB | "
-              f"{' / '.join(str(x.get('Private_Dirty', 0) // 1024) for x in w)} MiB | {r['total_pss_kib'] / 1024:.0f} MiB |")
+        main, workers = r["main_kib"], r["workers_kib"]
+        each = {k: " / ".join(f"{x.get(k, 0) / 1024:.0f}" for x in workers) for k in ("Pss", "Private_Dirty")}
+        print(f"| {name} | {main.get('VmHWM', 0) / 1024:.0f} MiB | {main.get('Pss', 0) / 1024:.0f} MiB | "
+              f"{each['Pss']} MiB | {each['Private_Dirty']} MiB | {r['total_pss_kib'] / 1024:.0f} MiB | "
+              f"{r['steps_done']}, {r['seconds']:.0f} s |", flush=True)
+        for line in r["said"]:
+            print(f"    said: {line}")
     return rows
 
 
@@ -457,14 +456,15 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--src-size", type=int, default=900, help="side of the PNGs written (MVTec AD bottle: 900)")
     p.add_argument("--unique", type=int, default=16, help="distinct PNGs (the rest are copies)")
-    p.add_argument("--images", type=int, default=16, help="training images for the train part")
+    p.add_argument("--images", type=int, default=8, help="train part: training images (one batch per epoch at --bs 8)")
     p.add_argument("--epochs", type=int, default=2, help="train part: epochs (the first is left out)")
     p.add_argument("--datapath-images", type=int, default=48)
     p.add_argument("--datapath-epochs", type=int, default=4, help="data path: epochs (the first is left out)")
     p.add_argument("--rounds", type=int, default=3, help="data path: rounds, alternating the order")
     p.add_argument("--mem-images", type=int, default=391, help="memory part: training images (hazelnut: 391)")
     p.add_argument("--mem-src-size", type=int, default=1024)
-    p.add_argument("--mem-steps", type=int, default=2)
+    p.add_argument("--mem-steps", type=int, default=1,
+                   help="memory part: training steps before it is stopped (the first allocates all the step needs)")
     p.add_argument("--dtd-path", type=Path, default=DTD if (DTD / "images").is_dir() else None)
     p.add_argument("--timeout", type=float, default=3600)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "cli_train")
