@@ -49,8 +49,6 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as Experiment.py, before torch is imported
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
@@ -65,21 +63,16 @@ ORIGINAL_WORKERS = 4
 
 
 def write_data(root: Path, n_images: int, side: int, unique: int) -> Path:
-    """<root>/bottle/{train,test}/good/NNN.png: ``unique`` distinct photos, copied up to ``n_images``."""
-    from bench_synthesis import _fake_photo
-    from PIL import Image
+    """<root>/bottle/{train,test}/good/NNN.png: ``unique`` distinct photos, copied up to ``n_images``
+    (kept for the next run with the same numbers)."""
+    from bench_synthesis import write_folder_dataset
 
     train = root / CATEGORY / "train" / "good"
     stamp = root / f".done-{n_images}-{side}-{unique}"
     if stamp.exists():
         return root
     shutil.rmtree(root, ignore_errors=True)
-    train.mkdir(parents=True)
-    for i in range(n_images):
-        if i < unique:
-            Image.fromarray(_fake_photo(i, side)).save(train / f"{i:03d}.png")
-        else:
-            shutil.copyfile(train / f"{i % unique:03d}.png", train / f"{i:03d}.png")
+    write_folder_dataset(root / CATEGORY, n_images, min(unique, n_images), side)
     (root / CATEGORY / "test" / "good").mkdir(parents=True)
     shutil.copyfile(train / "000.png", root / CATEGORY / "test" / "good" / "000.png")
     stamp.touch()
@@ -109,8 +102,9 @@ def train_argv(data: Path, logs: Path, run: str, o: argparse.Namespace, *extra: 
 # ----------------------------------------------------------------------------- measured in a child process
 
 
-def _epochs_of(loader, epochs: int, consume) -> list[tuple[float, int]]:
-    """(seconds, samples) of each epoch of ``loader``, ``consume(batch)`` per batch."""
+def _epochs_of(loader, epochs: int, consume) -> list[list[float]]:
+    """[seconds, data wait, samples] of each epoch of ``loader``, ``consume(batch)`` per batch; with
+    no network all of an epoch's time is data wait."""
     out = []
     for epoch in range(epochs):
         if hasattr(loader, "batch_sampler") and hasattr(loader.batch_sampler, "set_epoch"):
@@ -119,7 +113,8 @@ def _epochs_of(loader, epochs: int, consume) -> list[tuple[float, int]]:
         for batch in loader:
             consume(batch)
             n += len(batch["image"])
-        out.append((time.perf_counter() - t0, n))
+        seconds = time.perf_counter() - t0
+        out.append([seconds, seconds, n])
     return out
 
 
@@ -263,16 +258,46 @@ def in_child(kind: str, spec: dict, timeout: float = 3600) -> dict:
                           text=True, cwd=str(ROOT), timeout=timeout)
     found = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not found:
-        raise SystemExit(f"{kind} failed ({proc.returncode}):\n{proc.stdout[-1500:]}\n{proc.stderr[-3000:]}")
+        # RuntimeError, not SystemExit: gpu_check records a failed part and measures the next one
+        raise RuntimeError(f"{kind} failed ({proc.returncode}):\n{proc.stdout[-1500:]}\n{proc.stderr[-3000:]}")
     return json.loads(found[-1][len("RESULT "):])
 
 
-# ----------------------------------------------------------------------------- parts
+# ----------------------------------------------------------------------------- figures
 
 
 def steady(epochs: list) -> list:
-    """The epochs after the first (worker start-up, first touches): the steady state."""
+    """The epochs after the first (worker start-up, first touches, cache warm-up): the steady state."""
     return epochs[1:] if len(epochs) > 1 else epochs
+
+
+def summarise(epochs: list) -> dict:
+    """Steady-state samples/s, data-wait share and projected hours for one MVTec AD category
+    (MVTEC_EPOCHS x MVTEC_IMAGES samples at that rate) from [seconds, data wait, samples] per epoch."""
+    times = steady(epochs)
+    seconds, waited, samples = (sum(e[i] for e in times) for i in range(3))
+    rate = samples / seconds
+    return {"samples_per_s": rate, "wait_share": waited / seconds,
+            "hours_per_category": MVTEC_EPOCHS * MVTEC_IMAGES / rate / 3600}
+
+
+def steps_done(progress: str) -> int:
+    """Batches done in an epoch, read from the last tqdm bar of -c train in ``progress`` (stderr)."""
+    found = re.findall(r"epoch \d+/\d+:[^\r\n]*?\| *(\d+)/\d+ \[", progress)
+    return int(found[-1]) if found else 0
+
+
+def kib_fields(text: str, fields: tuple[str, ...]) -> dict[str, int]:
+    """``name: value kB`` lines of /proc/<pid>/status or smaps_rollup: the ``fields`` asked, in KiB."""
+    out = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        if name in fields and rest.split():
+            out[name] = int(rest.split()[0])
+    return out
+
+
+# ----------------------------------------------------------------------------- parts
 
 
 def part_datapath(o: argparse.Namespace, data: Path, logs: Path) -> dict:
@@ -288,8 +313,9 @@ def part_datapath(o: argparse.Namespace, data: Path, logs: Path) -> dict:
             spec = {"argv": train_argv(data, logs, "dp", o, *flags), "epochs": o.datapath_epochs,
                     "threads": 1 if workers == "0" else 0}
             got = in_child("datapath_original" if path == "original" else "datapath", spec)
-            times = steady(got["epochs"])
-            rate = sum(n for _, n in times) / sum(t for t, _ in times)
+            if got["kept"] != (path == "kept"):
+                raise SystemExit(f"{path}: the images were {'' if got['kept'] else 'not '}kept decoded")
+            rate = summarise(got["epochs"])["samples_per_s"]
             rates.setdefault(f"{path}/{workers}", []).append(rate)
             print(f"  round {r + 1}: {path:8s} workers {workers:7s} {rate:7.1f} samples/s "
                   f"(ready in {got['ready_s']:.1f} s)", flush=True)
@@ -305,15 +331,6 @@ def part_datapath(o: argparse.Namespace, data: Path, logs: Path) -> dict:
     print(f"\nkept / decoded at workers 0 (one core): {st.median(ratios):.2f}x "
           f"(per round {', '.join(f'{x:.2f}' for x in ratios)})")
     return {"rates": rates, "ratio_kept_over_decoded_workers0": st.median(ratios), "ratios": ratios}
-
-
-def summarise(epochs: list) -> dict:
-    """Steady-state samples/s, data-wait share and projected hours from per-epoch records."""
-    times = steady(epochs)
-    seconds, waited, samples = (sum(e[i] for e in times) for i in range(3))
-    rate = samples / seconds
-    return {"samples_per_s": rate, "wait_share": waited / seconds,
-            "hours_per_category": MVTEC_EPOCHS * MVTEC_IMAGES / rate / 3600}
 
 
 def part_train(o: argparse.Namespace, data: Path, logs: Path, extra: tuple[str, ...] = ()) -> dict:
@@ -338,16 +355,11 @@ def part_train(o: argparse.Namespace, data: Path, logs: Path, extra: tuple[str, 
 
 
 def _kib(path: str, fields: tuple[str, ...]) -> dict[str, int]:
-    """Fields of a /proc status-like file, in KiB ({} once the process is gone)."""
-    out = {}
+    """kib_fields of a /proc file ({} once the process is gone)."""
     try:
-        for line in Path(path).read_text().splitlines():
-            name = line.split(":")[0]
-            if name in fields:
-                out[name] = int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return out
+        return kib_fields(Path(path).read_text(), fields)
+    except OSError:
+        return {}
 
 
 def _children(pid: int) -> list[int]:
@@ -370,11 +382,11 @@ def watch_training(argv: list[str], steps: int, timeout: float) -> dict:
     done, text = [0], []
 
     def read_progress() -> None:
+        tail = ""
         while chunk := os.read(proc.stderr.fileno(), 4096):
             text.append(chunk.decode(errors="replace"))
-            found = re.findall(r"epoch \d+/\d+:[^\r\n]*?\| *(\d+)/(\d+) \[", text[-1])  # the epoch's bar only
-            if found:
-                done[0] = max(done[0], int(found[-1][0]))
+            tail = (tail + text[-1])[-8192:]  # a bar may be split across two reads
+            done[0] = max(done[0], steps_done(tail))
 
     threading.Thread(target=read_progress, daemon=True).start()
     main: dict[str, int] = {}
@@ -412,25 +424,23 @@ def part_memory(o: argparse.Namespace, logs: Path) -> dict:
 
     data = write_data(o.out / "data_memory", o.mem_images, o.mem_src_size, o.unique)
     mem = argparse.Namespace(**{**vars(o), "size": 256, "bs": 8, "epochs": 1, "net": "default", "device": "cpu"})
+    cache = decoded_bytes(o.mem_images, 256) / 2**20
+    print(f"| {o.mem_images} images of {o.mem_src_size} px at 256 px, 2 workers | training process peak RSS (VmHWM) "
+          f"| its PSS | each worker's PSS | each worker's Private_Dirty | total PSS (peak) | steps, seconds |")
+    print("|---|---|---|---|---|---|---|", flush=True)
     rows = {}
-    for name, flags in (("kept (default)", []), ("--no-image-cache", ["--no-image-cache"])):
+    for name, flags in ((f"images kept decoded (default; {cache:.0f} MiB)", []),
+                        ("--no-image-cache", ["--no-image-cache"])):
         argv = [a for a in train_argv(data, logs, "mem", mem, "--workers", "2", *flags) if a != "--quiet"]
         shutil.rmtree(logs / "mem", ignore_errors=True)
         rows[name] = r = watch_training(argv, o.mem_steps, o.timeout)
-        w = r["workers_kib"]
-        print(f"  {name}: {r['steps_done']} steps in {r['seconds']:.0f} s; main VmHWM {r['main_kib'].get('VmHWM', 0) / 1024:.0f}"
-              f" MiB, total PSS {r['total_pss_kib'] / 1024:.0f} MiB; workers' PSS "
-              f"{', '.join(str(x.get('Pss', 0) // 1024) for x in w)} MiB, Private_Dirty "
-              f"{', '.join(str(x.get('Private_Dirty', 0) // 1024) for x in w)} MiB; {' '.join(r['said'])}", flush=True)
-    cache = decoded_bytes(o.mem_images, 256)
-    print(f"\n| {o.mem_images} images of {o.mem_src_size} px at 256 px, 2 workers | training process peak RSS "
-          f"(VmHWM) | its PSS | each worker's PSS | each worker's Private_Dirty | total PSS (peak) |")
-    print("|---|---|---|---|---|---|")
-    for name, r in rows.items():
-        w = r["workers_kib"]
-        print(f"| {name} (cache {cache / 2**20:.0f} MiB) | {r['main_kib'].get('VmHWM', 0) / 1024:.0f} MiB | "
-              f"{r['main_kib'].get('Pss', 0) / 1024:.0f} MiB | {' / '.join(str(x.get('Pss', 0) // 1024) for x in w)} MiB | "
-              f"{' / '.join(str(x.get('Private_Dirty', 0) // 1024) for x in w)} MiB | {r['total_pss_kib'] / 1024:.0f} MiB |")
+        main, workers = r["main_kib"], r["workers_kib"]
+        each = {k: " / ".join(f"{x.get(k, 0) / 1024:.0f}" for x in workers) for k in ("Pss", "Private_Dirty")}
+        print(f"| {name} | {main.get('VmHWM', 0) / 1024:.0f} MiB | {main.get('Pss', 0) / 1024:.0f} MiB | "
+              f"{each['Pss']} MiB | {each['Private_Dirty']} MiB | {r['total_pss_kib'] / 1024:.0f} MiB | "
+              f"{r['steps_done']}, {r['seconds']:.0f} s |", flush=True)
+        for line in r["said"]:
+            print(f"    said: {line}")
     return rows
 
 
@@ -446,14 +456,15 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--src-size", type=int, default=900, help="side of the PNGs written (MVTec AD bottle: 900)")
     p.add_argument("--unique", type=int, default=16, help="distinct PNGs (the rest are copies)")
-    p.add_argument("--images", type=int, default=16, help="training images for the train part")
+    p.add_argument("--images", type=int, default=8, help="train part: training images (one batch per epoch at --bs 8)")
     p.add_argument("--epochs", type=int, default=2, help="train part: epochs (the first is left out)")
     p.add_argument("--datapath-images", type=int, default=48)
     p.add_argument("--datapath-epochs", type=int, default=4, help="data path: epochs (the first is left out)")
     p.add_argument("--rounds", type=int, default=3, help="data path: rounds, alternating the order")
     p.add_argument("--mem-images", type=int, default=391, help="memory part: training images (hazelnut: 391)")
     p.add_argument("--mem-src-size", type=int, default=1024)
-    p.add_argument("--mem-steps", type=int, default=2)
+    p.add_argument("--mem-steps", type=int, default=1,
+                   help="memory part: training steps before it is stopped (the first allocates all the step needs)")
     p.add_argument("--dtd-path", type=Path, default=DTD if (DTD / "images").is_dir() else None)
     p.add_argument("--timeout", type=float, default=3600)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "cli_train")
@@ -480,6 +491,7 @@ def header(o: argparse.Namespace, name: str) -> float:
 
 
 def main() -> None:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as Experiment.py, before torch is imported
     if len(sys.argv) > 1 and sys.argv[1] == "_child":
         return child_main(sys.argv[2], json.loads(sys.argv[3]))
     o = options()

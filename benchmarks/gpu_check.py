@@ -1,8 +1,8 @@
 """The one prepared GPU check: correctness on CUDA, then training and evaluation speed.
 
     python benchmarks/gpu_check.py --out gpu_check.json            # on a CUDA machine, ~5 min
-    python benchmarks/gpu_check.py --device cpu --size 64 --bs 2 --e2e-images 8 --e2e-epochs 2 --e2e-net demo
-                                                                   # rehearsal of the same code paths
+    python benchmarks/gpu_check.py --device cpu --size 64 --bs 2 --train-steps 2 --eval-passes 1 \
+        --e2e-images 8 --e2e-net demo --out /tmp/gpu_check_cpu.json    # rehearsal of the same code paths
 
 What it measures, in this order (each part is timed and written to the JSON as soon as it is done,
 so a run cut short still leaves what it measured):
@@ -152,7 +152,7 @@ def main() -> None:
     p.add_argument("--reference", default=str(ROOT / "tests" / "fixtures" / "reference"))
     p.add_argument("--out", default="gpu_check.json")
     p.add_argument("--e2e-images", type=int, default=240, help="end to end: training images (an MVTec AD category)")
-    p.add_argument("--e2e-epochs", type=int, default=3, help="end to end: epochs (the first is left out)")
+    p.add_argument("--e2e-epochs", type=int, default=2, help="end to end: epochs (the first is left out)")
     p.add_argument("--e2e-net", choices=("default", "demo"), default="default")
     p.add_argument("--e2e-dir", default=str(ROOT / "benchmarks" / "out" / "gpu_check_e2e"))
     args = p.parse_args()
