@@ -1,8 +1,10 @@
 """The one prepared GPU check: correctness on CUDA, then training and evaluation speed.
 
     python benchmarks/gpu_check.py --out gpu_check.json            # on a CUDA machine, ~5 min
-    python benchmarks/gpu_check.py --device cpu --size 64 --bs 2 --train-steps 2 --eval-passes 1 \
-        --e2e-images 8 --e2e-net demo --out /tmp/gpu_check_cpu.json    # rehearsal of the same code paths
+    python benchmarks/gpu_check.py --device cpu --size 32 --bs 2 --train-steps 2 --eval-passes 1 \
+        --parts reference train eval --out /tmp/gpu_check_cpu.json     # rehearsal of parts 1-3 (bf16 is slow on CPU)
+    python benchmarks/gpu_check.py --device cpu --size 64 --bs 8 --parts e2e --e2e-images 16 --e2e-net demo \
+        --out /tmp/gpu_check_e2e.json                                  # rehearsal of part 4
 
 What it measures, in this order (each part is timed and written to the JSON as soon as it is done,
 so a run cut short still leaves what it measured):
@@ -46,6 +48,7 @@ from models.transparency import TransparencyProcess  # noqa: E402
 from models.unet import TransFusionUNet, UNetConfig  # noqa: E402
 
 STEPS = 20
+PARTS = ("reference", "train", "eval", "e2e")
 
 
 def sync(device: torch.device) -> None:
@@ -154,6 +157,8 @@ def main() -> None:
     p.add_argument("--e2e-images", type=int, default=240, help="end to end: training images (an MVTec AD category)")
     p.add_argument("--e2e-epochs", type=int, default=2, help="end to end: epochs (the first is left out)")
     p.add_argument("--e2e-net", choices=("default", "demo"), default="default")
+    p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                   help="what to measure (default: all, in this order); e.g. --parts e2e to rerun the last part")
     p.add_argument("--e2e-dir", default=str(ROOT / "benchmarks" / "out" / "gpu_check_e2e"))
     args = p.parse_args()
     device = torch.device(args.device)
@@ -172,18 +177,22 @@ def main() -> None:
         print(key, json.dumps(report[key]), flush=True)
         Path(args.out).write_text(json.dumps(report, indent=1))
 
-    record("reference", check_reference, device, Path(args.reference))
-    for amp, tf32 in (("off", False), ("off", True), ("bf16", False)):
-        for layout in ("contiguous", "channels_last"):
-            record(f"train_{amp}_{'tf32_' if tf32 else ''}{layout}", time_train, device, args.size, args.bs,
-                   amp, layout, True, tf32, args.train_steps)
-    record("train_off_contiguous_no_recompute", time_train, device, args.size, args.bs, "off",
-           "contiguous", False, False, args.train_steps)
-    for amp in ("off", "bf16"):
-        for layout in ("contiguous", "channels_last"):
-            record(f"eval_{amp}_{layout}", time_eval, device, args.size, args.bs, amp, layout, args.eval_passes)
-    for amp in ("off", "bf16"):
-        record(f"train_end_to_end_{amp}", end_to_end, args, amp)
+    if "reference" in args.parts:
+        record("reference", check_reference, device, Path(args.reference))
+    if "train" in args.parts:
+        for amp, tf32 in (("off", False), ("off", True), ("bf16", False)):
+            for layout in ("contiguous", "channels_last"):
+                record(f"train_{amp}_{'tf32_' if tf32 else ''}{layout}", time_train, device, args.size, args.bs,
+                       amp, layout, True, tf32, args.train_steps)
+        record("train_off_contiguous_no_recompute", time_train, device, args.size, args.bs, "off",
+               "contiguous", False, False, args.train_steps)
+    if "eval" in args.parts:
+        for amp in ("off", "bf16"):
+            for layout in ("contiguous", "channels_last"):
+                record(f"eval_{amp}_{layout}", time_eval, device, args.size, args.bs, amp, layout, args.eval_passes)
+    if "e2e" in args.parts:
+        for amp in ("off", "bf16"):
+            record(f"train_end_to_end_{amp}", end_to_end, args, amp)
     print(f"written {args.out}")
 
 
