@@ -155,7 +155,8 @@ def _record(args: argparse.Namespace, target: Target, paths: RunPaths, settings:
     title = f"{args.run_name} / {target.label.replace('/', ' / ')}"
     report = write_test_report(results, title, out, test_set, mode, page_facts(args.run_name, target.label, summary),
                                threshold_lines(candidates, in_use, out.scores, out.labels), decisions, comparison,
-                               source, map_range, notes, progress=not args.quiet)
+                               source, map_range, notes, progress=not args.quiet,
+                               mvtec_ad2=(extra or {}).get("mvtec_ad2"))
     write_run_index(paths.results_index(target.of), args.run_name)
     print(f"[{target.label}] image AUROC {fmt_pct(out.metrics['image_auroc'])}, AUPRO "
           f"{fmt_pct(out.metrics['aupro'])}, {out.seconds / max(1, len(out.scores)):.2f} s/image; results in "

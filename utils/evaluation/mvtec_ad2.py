@@ -44,14 +44,20 @@ def validation_threshold(net: torch.nn.Module, process: TransparencyProcess, tes
     return baseline_threshold(maps, BASELINE_STDS), len(images)
 
 
+def native_map_and_mask(anomaly_map: np.ndarray, sample: TestSample) -> tuple[np.ndarray, np.ndarray]:
+    """A working-size map taken back to its image's own size, and the image's ground truth there
+    (all False for a good image)."""
+    hw = image_hw(sample.image_path)
+    mask = read_mask_native(sample.mask_path) if sample.mask_path else np.zeros(hw, bool)
+    if mask.shape != hw:
+        raise TransFusionError(f"{sample.mask_path}: mask is {mask.shape[0]}x{mask.shape[1]} but its image "
+                               f"{sample.image_path} is {hw[0]}x{hw[1]}; the native-resolution metrics need both")
+    return map_at_size(anomaly_map, hw), mask
+
+
 def _native_pairs(out: EvalOutput, samples: list[TestSample]) -> Iterator[tuple[np.ndarray, np.ndarray, str]]:
     for anomaly_map, sample in zip(out.maps, samples):
-        hw = image_hw(sample.image_path)
-        mask = read_mask_native(sample.mask_path) if sample.mask_path else np.zeros(hw, bool)
-        if mask.shape != hw:
-            raise TransFusionError(f"{sample.mask_path}: mask is {mask.shape[0]}x{mask.shape[1]} but its image "
-                                   f"{sample.image_path} is {hw[0]}x{hw[1]}; the native-resolution metrics need both")
-        yield map_at_size(anomaly_map, hw), mask, str(sample.image_path)
+        yield (*native_map_and_mask(anomaly_map, sample), str(sample.image_path))
 
 
 def protocol(out: EvalOutput, test_set: TestDataset, validation: tuple[float, int],
@@ -82,3 +88,49 @@ def protocol_line(label: str, figures: dict[str, Any]) -> str:
     return (f"[{label}] MVTec AD 2 at native resolution ({how}, {figures['n_pixels']:,} pixels): AU-PRO@0.05 "
             f"{pct(figures['aupro_005'])}, {segs}; pixel AUROC {pct(figures['pixel_auroc'])}, pixel AP "
             f"{pct(figures['pixel_ap'])}, AU-PRO@0.3 {pct(figures['aupro'])}")
+
+
+def _number(value: Any) -> float | None:
+    """A figure read back from a summary.json (a run folder from elsewhere may hold anything)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+    return float(value) if ok else None
+
+
+def protocol_rows(figures: Any) -> list[tuple[str, float | None, str]]:
+    """The category page's MVTec AD 2 table from summary.json's "mvtec_ad2": (figure, value in
+    [0, 1] or None, what it is)."""
+    if not isinstance(figures, dict):
+        return []
+    seg = figures.get("seg_f1") if isinstance(figures.get("seg_f1"), dict) else {}
+    thresholds = figures.get("thresholds") if isinstance(figures.get("thresholds"), dict) else {}
+    rows = [("AU-PRO@0.05", _number(figures.get("aupro_005")), "area under PRO up to FPR 0.05, divided by 0.05")]
+    for name, f1 in seg.items():
+        t = _number(thresholds.get(name))
+        rows.append((f"SegF1 at {name}", _number(f1),
+                     "pooled-pixel F1" + ("" if t is None else f" where the map is ≥ {t:.6g}")))
+    rows += [("pixel AUROC", _number(figures.get("pixel_auroc")), "at native resolution"),
+             ("pixel AP", _number(figures.get("pixel_ap")), "at native resolution"),
+             ("AU-PRO@0.3", _number(figures.get("aupro")), "up to FPR 0.3, as for MVTec AD")]
+    return rows
+
+
+def protocol_note(figures: Any) -> str:
+    """How the page's MVTec AD 2 figures were computed, in one sentence."""
+    if not isinstance(figures, dict):
+        return ""
+    pixels = figures.get("n_pixels")
+    how = "exact" if figures.get("exact") is True else (
+        f"within {figures['error_bound']:.1e} of exact" if _number(figures.get("error_bound")) is not None
+        else "bounded memory")
+    size = f" over {pixels:,} pixels" if isinstance(pixels, int) and not isinstance(pixels, bool) else ""
+    return (f"at each image's own resolution{size} ({how}); SegF1 thresholds come from validation/good "
+            f"alone, never from the test labels")
+
+
+INDEX_FIGURES = ("AU-PRO@0.05", f"SegF1 at {VALIDATION}")
+
+
+def index_figures(figures: Any) -> dict[str, float | None]:
+    """The run index's MVTec AD 2 columns of one scenario (INDEX_FIGURES), from summary.json."""
+    by_name = {name: value for name, value, _ in protocol_rows(figures)}
+    return {name: by_name.get(name) for name in INDEX_FIGURES} if by_name else {}

@@ -10,15 +10,19 @@ import numpy as np
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from data.io import read_rgb_uint8
 from models.modes import is_two_branch
 from utils.core.atomic import atomic_write_text
 from utils.core.json_files import BadJsonFile, load_json_file
 from utils.evaluation.loop import EvalOutput
 from utils.evaluation.metrics import roc_curve_points
+from utils.evaluation.mvtec_ad2 import index_figures, native_map_and_mask, protocol_note, protocol_rows
+from utils.reports.crops import outline_window, render_details
 from utils.reports.figures import render_curve, render_thumbnails
 from utils.reports.html import (
     THUMB_SIDE,
     CategoryPage,
+    FigureSection,
     ImageRow,
     IndexEntry,
     ThresholdLine,
@@ -67,9 +71,25 @@ def curves(out: EvalOutput) -> tuple[list[tuple[str, str]], str | None]:
     return pictures, ("; ".join(notes) or None)
 
 
+DETAIL = " (detail)"  # the suffix of the detail columns' names
+
+
+def _with_details(pictures: dict[str, np.ndarray], anomaly_map: np.ndarray, sample: Any,
+                  map_range: tuple[float, float]) -> str:
+    """Add to a row's pictures the detail of its image at its own size (utils/reports/crops.py),
+    outline it on the input thumbnail; the detail's caption."""
+    rgb = read_rgb_uint8(sample.image_path)
+    native, mask = native_map_and_mask(anomaly_map, sample)
+    details, window = render_details(rgb, native, mask, map_range)
+    pictures["input"] = outline_window(pictures["input"], window, native.shape)
+    pictures.update({name + DETAIL: picture for name, picture in details.items()})
+    return window.describe(native.shape)
+
+
 def image_rows(out: EvalOutput, test_set: Dataset, mode: str, decisions: list[str] | None,
-               map_range: tuple[float, float], progress: bool) -> list[ImageRow]:
-    """One row per test image, its pictures re-read from the test set (in evaluation order)."""
+               map_range: tuple[float, float], progress: bool, details: bool = False) -> list[ImageRow]:
+    """One row per test image, its pictures re-read from the test set (in evaluation order);
+    ``details``: with each image's detail at its own resolution (the test set's ``samples``)."""
     rows = []
     for i in tqdm(range(len(out.paths)), desc="report", disable=not progress, leave=False, unit="image"):
         item = test_set[i]
@@ -77,25 +97,31 @@ def image_rows(out: EvalOutput, test_set: Dataset, mode: str, decisions: list[st
             raise RuntimeError(f"report rows out of order: {item['path']} != {out.paths[i]}")
         pictures = render_thumbnails(item["image"].float().numpy(), out.maps[i], out.masks[i], mode, map_range,
                                      THUMB_SIDE)
+        detail = _with_details(pictures, out.maps[i], test_set.samples[i], map_range) if details else None
         rows.append(ImageRow(path=out.paths[i], name=f"{out.defects[i]}/{Path(out.paths[i]).name}",
                              score=float(out.scores[i]), label=int(out.labels[i]),
-                             decision=decisions[i] if decisions else None, pictures=thumbnail_uris(pictures),
-                             steps=int(out.steps[i])))
+                             decision=decisions[i] if decisions else None,
+                             pictures=thumbnail_uris(pictures), steps=int(out.steps[i]), detail=detail))
     return rows
 
 
 def write_test_report(folder: Path, title: str, out: EvalOutput, test_set: Dataset, mode: str,
                       facts: list[tuple[str, str]], thresholds: list[ThresholdLine], decisions: list[str] | None,
                       comparison: Comparison | None, published_source: str | None, map_range: tuple[float, float],
-                      notes: list[str], progress: bool = False) -> Path:
-    """results/<category>/report.html for one evaluation."""
+                      notes: list[str], progress: bool = False, mvtec_ad2: dict[str, Any] | None = None) -> Path:
+    """results/<category>/report.html for one evaluation; ``mvtec_ad2``: the scenario's protocol
+    figures (summary.json's), shown in their own table, with each image's detail at its own size."""
     pictures, note = curves(out)
     columns = ["input", "depth", "heat map", "ground truth"] if is_two_branch(mode) else ["input", "heat map",
                                                                                       "ground truth"]
+    details = mvtec_ad2 is not None
+    sections = [FigureSection("MVTec AD 2 protocol", protocol_rows(mvtec_ad2), protocol_note(mvtec_ad2))] \
+        if details else []
     page = CategoryPage(title=title, facts=facts, columns=columns,
-                        rows=image_rows(out, test_set, mode, decisions, map_range, progress), metrics=out.metrics,
-                        comparison=comparison, published_source=published_source, thresholds=thresholds,
-                        curves=pictures, curves_note=note, notes=notes)
+                        rows=image_rows(out, test_set, mode, decisions, map_range, progress, details),
+                        metrics=out.metrics, comparison=comparison, published_source=published_source,
+                        thresholds=thresholds, curves=pictures, curves_note=note, notes=notes, sections=sections,
+                        detail_columns=[c + DETAIL for c in ("input", "heat map", "ground truth")] if details else [])
     return write_category_report(folder, page)
 
 
@@ -143,7 +169,8 @@ def write_run_index(path: Path, run: str) -> Path:
         cmp = Comparison(s["published"], s["delta"]) if s.get("published") else None
         entries.append(IndexEntry(category=s.get("category", p.parent.name), metrics=s["metrics"], comparison=cmp,
                                   threshold=s.get("decision_threshold"), n_images=int(s.get("n_images", 0)),
-                                  n_mistakes=s.get("n_mistakes"), report=f"{p.parent.name}/report.html"))
+                                  n_mistakes=s.get("n_mistakes"), report=f"{p.parent.name}/report.html",
+                                  extra=index_figures(s.get("mvtec_ad2"))))
     facts = [("run", run), ("dataset / mode", ", ".join(sorted(datasets))), ("categories", str(len(entries))),
              ("written", time.strftime("%Y-%m-%d %H:%M:%S"))]
     atomic_write_text(path, render_index(run, entries, facts))

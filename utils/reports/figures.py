@@ -92,7 +92,7 @@ def _depth_to_bgr(depth: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return coloured
 
 
-def _heat_overlay(base: np.ndarray, anomaly_map: np.ndarray,
+def heat_overlay(base: np.ndarray, anomaly_map: np.ndarray,
                   map_range: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
     """JET heat-map of the map on a FIXED scale, blended half-and-half over base.
 
@@ -183,11 +183,11 @@ def render_panel(
         grey = _depth_to_uint8(depth_in, lo, hi)
         base = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
         panels = [depth_panels[0], (gt, gt_name),
-                  (_heat_overlay(base, amap, map_range), heat_name), depth_panels[1]]
+                  (heat_overlay(base, amap, map_range), heat_name), depth_panels[1]]
     else:
         rgb_in = _rgb_to_bgr8(image[:3])
         panels = [(rgb_in, "input"), (gt, gt_name),
-                  (_heat_overlay(rgb_in, amap, map_range), heat_name),
+                  (heat_overlay(rgb_in, amap, map_range), heat_name),
                   (_rgb_to_bgr8(reconstruction[:3]), "reconstruction")] + depth_panels
 
     # Nearest-neighbour upscaling keeps pixels honest and makes room for text.
@@ -223,7 +223,7 @@ def save_panel(
                                   map_range))
 
 
-def _fit(img: np.ndarray, side: int) -> np.ndarray:
+def fit_square(img: np.ndarray, side: int) -> np.ndarray:
     """Resize to side x side: area averaging down, nearest neighbour up (pixels stay honest)."""
     h, w = img.shape[:2]
     if (h, w) == (side, side):
@@ -252,12 +252,12 @@ def render_thumbnails(image: Any, anomaly_map: Any, gt_mask: Any | None, mode: s
         out["input"] = base = _rgb_to_bgr8(image[:3])
         if has_depth(mode):
             out["depth"] = _depth_to_bgr(image[-1], *_depth_range(image[-1]))
-    out["heat map"] = _heat_overlay(base, amap, map_range)
+    out["heat map"] = heat_overlay(base, amap, map_range)
     if with_ground_truth:
         g = np.zeros(amap.shape, np.float32) if gt_mask is None else _to_numpy(gt_mask).astype(np.float32)
         out["ground truth"] = np.repeat(np.where(g.reshape(amap.shape) > 0.5, 255, 0).astype(np.uint8)[..., None],
                                         3, axis=2)
-    return {name: _fit(np.ascontiguousarray(img), side) for name, img in out.items()}
+    return {name: fit_square(np.ascontiguousarray(img), side) for name, img in out.items()}
 
 
 def render_synthesis_sample(x0: Any, x_t: Any, mask: Any, mask_c: Any, t: int, mode: str,

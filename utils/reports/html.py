@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from utils.core.atomic import atomic_write_text
+from utils.reports.crops import DETAIL_SIDE
 from utils.reports.published import PUBLISHED_METRICS, Comparison, compare_mean
 from utils.reports.tables import METRIC_KEYS, METRIC_NAMES, fmt_delta, fmt_pct, mean_metrics
 from utils.run.thresholds import Threshold
@@ -75,6 +76,7 @@ class ImageRow:
     decision: str | None        # "defect", "OK" or None (no threshold)
     pictures: dict[str, str] = field(default_factory=dict)  # column -> data URI
     steps: int | None = None
+    detail: str | None = None   # where the detail pictures were cut from, in words
 
     @property
     def mistake(self) -> bool:
@@ -95,6 +97,15 @@ class ThresholdLine:
 
 
 @dataclass
+class FigureSection:
+    """A table of further figures on a category page (e.g. MVTec AD 2's protocol)."""
+
+    title: str
+    rows: list[tuple[str, float | None, str]]   # (figure, value in [0, 1] or None, what it is)
+    note: str = ""
+
+
+@dataclass
 class CategoryPage:
     """Everything a category page shows."""
 
@@ -109,6 +120,8 @@ class CategoryPage:
     curves: list[tuple[str, str]] = field(default_factory=list)  # (title, data URI)
     curves_note: str | None = None
     notes: list[str] = field(default_factory=list)
+    sections: list[FigureSection] = field(default_factory=list)
+    detail_columns: list[str] = field(default_factory=list)  # pictures at DETAIL_SIDE, after ``columns``
 
 
 def _e(value: Any) -> str:
@@ -149,6 +162,18 @@ def metrics_table(metrics: dict[str, Any], comparison: Comparison | None, source
     lines.append("</table>")
     if source:
         lines.append(f'<p class="note">published: the authors\' figures for the released run ({_e(source)})</p>')
+    return lines
+
+
+def _section(section: FigureSection) -> list[str]:
+    lines = [f"<h2>{_e(section.title)}</h2>", '<table class="figures"><tr><th>figure</th><th class=num>ours</th>'
+             "<th>what it is</th></tr>"]
+    for name, value, what in section.rows:
+        lines.append(f'<tr><td>{_e(name)}</td><td class="num" data-figure="{_e(name)}">{fmt_pct(value)}</td>'
+                     f"<td>{_e(what)}</td></tr>")
+    lines.append("</table>")
+    if section.note:
+        lines.append(f'<p class="note">{_e(section.note)}</p>')
     return lines
 
 
@@ -210,21 +235,28 @@ def _labelled(rows: Sequence[ImageRow]) -> bool:
     return any(r.label is not None for r in rows)
 
 
-def image_table(rows: list[ImageRow], columns: list[str], start: int) -> list[str]:
-    """The picture rows of one page; ``start``: the report-order number of the first row."""
+def _picture_cell(r: ImageRow, column: str, side: int) -> str:
+    if column not in r.pictures:
+        return "<td></td>"
+    return (f'<td><img class="thumb" src="{r.pictures[column]}" width="{side}" height="{side}" '
+            f'alt="{_e(column)} of {_e(r.name)}" data-column="{_e(column)}"></td>')
+
+
+def image_table(rows: list[ImageRow], columns: list[str], start: int, detail_columns: Sequence[str] = ()) -> list[str]:
+    """The picture rows of one page; ``start``: the report-order number of the first row;
+    ``detail_columns`` are shown at DETAIL_SIDE after the thumbnails."""
     labelled = _labelled(rows)
     head = ('<tr><th class="sort num" onclick="sortRows(this,\'order\')">#</th><th>image</th>'
-            + "".join(f"<th>{_e(c)}</th>" for c in columns)
+            + "".join(f"<th>{_e(c)}</th>" for c in (*columns, *detail_columns))
             + '<th class="sort num" onclick="sortRows(this,\'score\')">score</th>'
             + ("<th>label</th>" if labelled else "") + "<th>decision</th></tr>")
     out = ['<table class="images"><thead>', head, "</thead><tbody>"]
     for i, r in enumerate(rows):
-        pics = "".join(
-            f'<td><img class="thumb" src="{r.pictures[c]}" width="{THUMB_SIDE}" height="{THUMB_SIDE}" '
-            f'alt="{_e(c)} of {_e(r.name)}" data-column="{_e(c)}"></td>' if c in r.pictures else "<td></td>"
-            for c in columns)
+        pics = "".join(_picture_cell(r, c, THUMB_SIDE) for c in columns)
+        pics += "".join(_picture_cell(r, c, DETAIL_SIDE) for c in detail_columns)
         label = f"<td>{_label_text(r.label)}</td>" if labelled else ""
-        out.append(f"<tr {_row_attrs(r, start + i)}><td class=num>{start + i}</td><td>{_e(r.name)}</td>{pics}"
+        name = _e(r.name) + (f'<br><span class="note" data-detail>{_e(r.detail)}</span>' if r.detail else "")
+        out.append(f"<tr {_row_attrs(r, start + i)}><td class=num>{start + i}</td><td>{name}</td>{pics}"
                    f"<td class=num>{r.score:.6f}</td>{label}{_decision_cell(r.decision)}</tr>")
     out.append("</tbody></table>")
     return out
@@ -250,6 +282,8 @@ def _page_body(page: CategoryPage, rows: list[ImageRow], start: int, links: list
     body += [f'<p class="note">{_e(n)}</p>' for n in page.notes]
     if page.metrics is not None:
         body += ["<h2>Metrics</h2>", *metrics_table(page.metrics, page.comparison, page.published_source)]
+    for section in page.sections:
+        body += _section(section)
     body += ["<h2>Decision threshold</h2>", *_threshold_table(page.thresholds)]
     if page.metrics is not None:
         body.append("<h2>Curves</h2>")
@@ -263,9 +297,13 @@ def _page_body(page: CategoryPage, rows: list[ImageRow], start: int, links: list
     if page.rows and page.rows[0].label is not None:
         summary += f", {n_mistakes} mistake{'s' if n_mistakes != 1 else ''} (decision against the label), shown first"
     body.append(f'<p class="note">{summary}; click # or score to sort. Heat maps share one scale.</p>')
+    if page.detail_columns:
+        body.append('<p class="note">Details: a square of each image at its own resolution around its largest '
+                    'defect region (images without one: around the highest map value), outlined on the input '
+                    'thumbnail and shown at most 4× enlarged.</p>')
     if links:
         body.append("<p>pages: " + " ".join(links) + "</p>")
-    body += image_table(rows, page.columns, start)
+    body += image_table(rows, page.columns, start, page.detail_columns)
     return body
 
 
@@ -309,6 +347,7 @@ class IndexEntry:
     n_images: int
     n_mistakes: int | None
     report: str                          # relative link to the category page
+    extra: dict[str, float | None] = field(default_factory=dict)  # further columns (MVTec AD 2's), in [0, 1]
 
 
 def render_index(run: str, entries: list[IndexEntry], facts: list[tuple[str, str]]) -> str:
@@ -318,9 +357,11 @@ def render_index(run: str, entries: list[IndexEntry], facts: list[tuple[str, str
     published = {e.category: e.comparison.published if e.comparison else None for e in entries}
     mean_cmp = compare_mean(rows, published)  # type: ignore[arg-type]
     shown = [(k, mean_cmp is not None and k in PUBLISHED_METRICS) for k in METRIC_KEYS]
+    extra = list(dict.fromkeys(name for e in entries for name in e.extra))
     head = "<tr><th>category</th>" + "".join(
         f"<th class=num>{_e(METRIC_NAMES[k])}</th>" + ("<th class=num>published</th><th class=num>Δ</th>" if p else "")
-        for k, p in shown) + "<th>threshold</th><th class=num>mistakes</th><th class=num>images</th></tr>"
+        for k, p in shown) + "".join(f"<th class=num>{_e(name)}</th>" for name in extra) + \
+        "<th>threshold</th><th class=num>mistakes</th><th class=num>images</th></tr>"
     lines = [f"<h1>{_e(run)}: results</h1>", _facts(facts), "<h2>Categories</h2>",
              '<table class="index">', head]
 
@@ -334,14 +375,23 @@ def render_index(run: str, entries: list[IndexEntry], facts: list[tuple[str, str
                         + _delta_cell(cmp.delta[k]))
         return out
 
+    def extra_cells(values: dict[str, float | None]) -> str:
+        return "".join(f'<td class="num" data-figure="{_e(name)}">{fmt_pct(values.get(name))}</td>' for name in extra)
+
+    extra_mean: dict[str, float | None] = {}
+    for name in extra:
+        known = [e.extra[name] for e in entries if e.extra.get(name) is not None]
+        extra_mean[name] = float(np.mean(known)) if known and len(known) == len(entries) else None
     for e in entries:
         t = e.threshold
         t_text = "" if t is None else f"{t['kind']} {t['value']:.6f}"
         mistakes = "" if e.n_mistakes is None else str(e.n_mistakes)
         lines.append(f'<tr data-category="{_e(e.category)}"><td><a href="{_e(e.report)}">{_e(e.category)}</a></td>'
-                     f"{cells(e.metrics, e.comparison)}<td>{_e(t_text)}</td><td class=num>{mistakes}</td>"
+                     f"{cells(e.metrics, e.comparison)}{extra_cells(e.extra)}<td>{_e(t_text)}</td>"
+                     f"<td class=num>{mistakes}</td>"
                      f"<td class=num>{e.n_images}</td></tr>")
     lines.append(f'<tr data-category="mean"><td><b>mean</b></td>{cells(mean_metrics(rows), mean_cmp)}'
+                 f'{extra_cells(extra_mean)}'
                  f'<td></td><td></td><td></td></tr>')
     lines.append("</table>")
     if mean_cmp is not None:

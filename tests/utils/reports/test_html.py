@@ -6,104 +6,27 @@ from __future__ import annotations
 import base64
 import csv
 import json
-from html.parser import HTMLParser
 
 import cv2
 import numpy as np
 import pytest
 
 from tests.fixtures.helpers import TINY_FLAGS, cli, latest_prediction
+from tests.fixtures.html_pages import Page, check_self_contained, decoded_size
 from tests.fixtures.layouts import make_mvtec, make_mvtec3d
-from utils.reports.html import MAX_IMAGE_ROWS, THUMB_SIDE, CategoryPage, ImageRow, render_category_pages
+from utils.reports.crops import DETAIL_SIDE
+from utils.reports.html import (
+    MAX_IMAGE_ROWS,
+    THUMB_SIDE,
+    CategoryPage,
+    FigureSection,
+    ImageRow,
+    IndexEntry,
+    render_category_pages,
+    render_index,
+)
 
 METRICS = ("image_auroc", "aupro", "pixel_auroc", "pixel_ap", "image_ap", "image_f1_max")
-
-
-class Page(HTMLParser):
-    """What a report holds: image rows (attributes, cell texts, pictures), metric cells, every
-    src/href, scripts."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self.rows: list[dict] = []
-        self.metric_rows: list[list[tuple[dict, str]]] = []
-        self.links: list[str] = []
-        self.scripts: list[str] = []
-        self.curves: list[str] = []
-        self.notes: list[str] = []
-        self.thresholds: list[dict] = []
-        self._row: dict | None = None
-        self._cell: list[str] | None = None
-        self._cell_attrs: dict = {}
-        self._in_script = False
-        self._in_note = False
-        self._table: list[str] = []
-        self.feed(text)
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        for key in ("src", "href"):
-            if key in a:
-                self.links.append(a[key])
-        if tag == "table":
-            self._table.append(a.get("class", ""))
-        elif tag == "script":
-            self._in_script = True
-            self.scripts.append("")
-        elif tag == "tr":
-            if "data-threshold" in a:
-                self.thresholds.append(a)
-            self._row = {"attrs": a, "cells": [], "images": [], "table": self._table[-1] if self._table else ""}
-        elif tag in ("td", "th") and self._row is not None:
-            self._cell, self._cell_attrs = [], a
-        elif tag == "img":
-            if self._row is not None:
-                self._row["images"].append(a)
-            if "data-curve" in a:
-                self.curves.append(a["data-curve"])
-        elif tag == "p" and "note" in a.get("class", ""):
-            self._in_note = True
-            self.notes.append("")
-
-    def handle_endtag(self, tag):
-        if tag == "table" and self._table:
-            self._table.pop()
-        elif tag == "script":
-            self._in_script = False
-        elif tag == "p":
-            self._in_note = False
-        elif tag in ("td", "th") and self._row is not None and self._cell is not None:
-            self._row["cells"].append((self._cell_attrs, "".join(self._cell).strip()))
-            self._cell = None
-        elif tag == "tr" and self._row is not None:
-            if "data-path" in self._row["attrs"]:
-                self.rows.append(self._row)
-            elif self._row["table"] in ("metrics", "index"):
-                self.metric_rows.append(self._row["cells"])
-            self._row = None
-
-    def handle_data(self, data):
-        if self._in_script:
-            self.scripts[-1] += data
-        if self._cell is not None:
-            self._cell.append(data)
-        if self._in_note:
-            self.notes[-1] += data
-
-
-def _decoded_size(uri: str) -> tuple[int, int]:
-    head, _, payload = uri.partition(",")
-    assert head in ("data:image/jpeg;base64", "data:image/png;base64"), head
-    img = cv2.imdecode(np.frombuffer(base64.b64decode(payload), np.uint8), cv2.IMREAD_COLOR)
-    return img.shape[1], img.shape[0]
-
-
-def check_self_contained(page: Page, text: str) -> None:
-    """No network: every src is a data URI, links are relative pages; one small sorting script."""
-    for link in page.links:
-        assert link.startswith("data:image/") or (link.endswith(".html") and "://" not in link), link[:60]
-    assert "http://" not in text and "https://" not in text and "@import" not in text
-    assert len(page.scripts) <= 1 and all(len(s) < 1000 for s in page.scripts)
 
 
 def check_rows_against(page: Page, expected: list[dict], columns: list[str]) -> None:
@@ -123,7 +46,7 @@ def check_rows_against(page: Page, expected: list[dict], columns: list[str]) -> 
         assert [img["data-column"] for img in row["images"]] == columns
         for img in row["images"]:  # thumbnails encoded at the size they are shown at
             assert int(img["width"]) == int(img["height"]) == THUMB_SIDE
-            assert _decoded_size(img["src"]) == (THUMB_SIDE, THUMB_SIDE)
+            assert decoded_size(img["src"]) == (THUMB_SIDE, THUMB_SIDE)
 
 
 def mistakes_first(page: Page) -> None:
@@ -270,3 +193,41 @@ def test_at_most_500_picture_rows_per_page_the_rest_listed_and_mistakes_always_s
     assert [len(p.rows) for p in parsed] == [500, 500, 100]
     assert all(r["images"] for p in parsed for r in p.rows)
     assert len({r["attrs"]["data-path"] for p in parsed for r in p.rows}) == 1100
+
+
+def _uri(side: int) -> str:
+    ok, buf = cv2.imencode(".png", np.zeros((side, side, 3), np.uint8))
+    return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
+
+
+def test_details_and_further_figures_are_shown_and_names_escaped():
+    hostile = '<img src=x onerror="alert(1)">.png'
+    row = ImageRow(path="/x/" + hostile, name="bad/" + hostile, score=0.5, label=1, decision="defect",
+                   pictures={"input": _uri(THUMB_SIDE), "input (detail)": _uri(DETAIL_SIDE)},
+                   detail="64×64 px at x=3, y=4 of 900×600 (×4), around the largest defect region")
+    section = FigureSection("MVTec AD 2 protocol", [("AU-PRO@0.05", 0.4567, "up to 0.05"), ("SegF1 at v", None, "")],
+                            note="at each image's own resolution")
+    text = render_category_pages(CategoryPage("t", [], ["input"], [row], sections=[section],
+                                              detail_columns=["input (detail)"]))["report.html"]
+    page = Page(text)
+    check_self_contained(page, text)
+    assert "<img src=x" not in text and "onerror=\"" not in text
+    (shown,) = page.rows
+    assert shown["attrs"]["data-path"] == "/x/" + hostile
+    assert [(i["data-column"], int(i["width"])) for i in shown["images"]] == [("input", THUMB_SIDE),
+                                                                             ("input (detail)", DETAIL_SIDE)]
+    assert decoded_size(shown["images"][1]["src"]) == (DETAIL_SIDE, DETAIL_SIDE)
+    assert any("around the largest defect region" in t for _, t in shown["cells"])
+    assert page.figures == [("AU-PRO@0.05", "45.67"), ("SegF1 at v", "n/a")]
+    assert any("own resolution" in n for n in page.notes)
+
+
+def test_the_index_shows_further_columns_with_their_mean_only_where_every_category_has_one():
+    metrics = dict.fromkeys(METRICS, 0.9)
+    a = IndexEntry("a", metrics, None, None, 3, None, "a/report.html", extra={"AU-PRO@0.05": 0.5, "SegF1": 0.25})
+    b = IndexEntry("b", metrics, None, None, 3, None, "b/report.html", extra={"AU-PRO@0.05": 0.7, "SegF1": None})
+    page = Page(render_index("r", [a, b], []))
+    assert page.figures == [("AU-PRO@0.05", "50.00"), ("SegF1", "25.00"), ("AU-PRO@0.05", "70.00"),
+                            ("SegF1", "n/a"), ("AU-PRO@0.05", "60.00"), ("SegF1", "n/a")]
+    plain = Page(render_index("r", [IndexEntry("a", metrics, None, None, 3, None, "a/report.html")], []))
+    assert plain.figures == []  # other datasets' index is as before
