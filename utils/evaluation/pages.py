@@ -10,6 +10,7 @@ import numpy as np
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from data.discovery import TestSample
 from data.io import read_rgb_uint8
 from models.modes import is_two_branch
 from utils.core.atomic import atomic_write_text
@@ -17,7 +18,7 @@ from utils.core.json_files import BadJsonFile, load_json_file
 from utils.evaluation.loop import EvalOutput
 from utils.evaluation.metrics import roc_curve_points
 from utils.evaluation.mvtec_ad2 import index_figures, native_map_and_mask, protocol_note, protocol_rows
-from utils.reports.crops import outline_window, render_details
+from utils.reports.crops import DETAIL_PICTURES, outline_window, render_details
 from utils.reports.figures import render_curve, render_thumbnails
 from utils.reports.html import (
     THUMB_SIDE,
@@ -74,7 +75,7 @@ def curves(out: EvalOutput) -> tuple[list[tuple[str, str]], str | None]:
 DETAIL = " (detail)"  # the suffix of the detail columns' names
 
 
-def _with_details(pictures: dict[str, np.ndarray], anomaly_map: np.ndarray, sample: Any,
+def _with_details(pictures: dict[str, np.ndarray], anomaly_map: np.ndarray, sample: TestSample,
                   map_range: tuple[float, float]) -> str:
     """Add to a row's pictures the detail of its image at its own size (utils/reports/crops.py),
     outline it on the input thumbnail; the detail's caption."""
@@ -121,7 +122,7 @@ def write_test_report(folder: Path, title: str, out: EvalOutput, test_set: Datas
                         rows=image_rows(out, test_set, mode, decisions, map_range, progress, details),
                         metrics=out.metrics, comparison=comparison, published_source=published_source,
                         thresholds=thresholds, curves=pictures, curves_note=note, notes=notes, sections=sections,
-                        detail_columns=[c + DETAIL for c in ("input", "heat map", "ground truth")] if details else [])
+                        detail_columns=[c + DETAIL for c in DETAIL_PICTURES] if details else [])
     return write_category_report(folder, page)
 
 

@@ -17,10 +17,12 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from utils.reports.figures import fit_square, heat_overlay
+from utils.reports.figures import fit_square, heat_overlay, mask_picture
 
 DETAIL_SIDE = 256        # px, the size details are encoded at and shown at
-DETAIL_MIN_WINDOW = 64   # native px: the smallest window, a zoom of at most 4x
+DETAIL_MIN_WINDOW = 64   # native px: the smallest window
+MAX_ZOOM = DETAIL_SIDE // DETAIL_MIN_WINDOW
+DETAIL_PICTURES = ("input", "heat map", "ground truth")  # what render_details returns, in this order
 _REGION_SCALE = 1.5      # window side / the region's larger side
 DEFECT_REGION = "largest defect region"
 HIGHEST_VALUE = "highest map value"
@@ -74,9 +76,9 @@ def render_details(rgb: np.ndarray, anomaly_map: np.ndarray, mask: np.ndarray | 
     win = detail_window(anomaly_map, mask)
     rows, cols = slice(win.y, win.y + win.size), slice(win.x, win.x + win.size)
     base = np.ascontiguousarray(cv2.cvtColor(np.ascontiguousarray(rgb[rows, cols]), cv2.COLOR_RGB2BGR))
-    truth = np.zeros((win.size, win.size), np.uint8) if mask is None else np.where(mask[rows, cols], 255, 0)
-    pictures = {"input": base, "heat map": heat_overlay(base, anomaly_map[rows, cols], map_range),
-                "ground truth": np.repeat(truth.astype(np.uint8)[..., None], 3, axis=2)}
+    truth = np.zeros((win.size, win.size), bool) if mask is None else mask[rows, cols]
+    pictures = dict(zip(DETAIL_PICTURES, (base, heat_overlay(base, anomaly_map[rows, cols], map_range),
+                                          mask_picture(truth))))
     return {name: fit_square(np.ascontiguousarray(p), side) for name, p in pictures.items()}, win
 
 

@@ -232,6 +232,11 @@ def fit_square(img: np.ndarray, side: int) -> np.ndarray:
     return cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_NEAREST)
 
 
+def mask_picture(mask: np.ndarray) -> np.ndarray:
+    """A boolean H×W ground truth as a BGR uint8 picture: white = anomalous."""
+    return np.repeat(np.where(mask, 255, 0).astype(np.uint8)[..., None], 3, axis=2)
+
+
 def render_thumbnails(image: Any, anomaly_map: Any, gt_mask: Any | None, mode: str,
                       map_range: tuple[float, float] = (0.0, 1.0), side: int = 128,
                       with_ground_truth: bool = True) -> dict[str, np.ndarray]:
@@ -255,8 +260,7 @@ def render_thumbnails(image: Any, anomaly_map: Any, gt_mask: Any | None, mode: s
     out["heat map"] = heat_overlay(base, amap, map_range)
     if with_ground_truth:
         g = np.zeros(amap.shape, np.float32) if gt_mask is None else _to_numpy(gt_mask).astype(np.float32)
-        out["ground truth"] = np.repeat(np.where(g.reshape(amap.shape) > 0.5, 255, 0).astype(np.uint8)[..., None],
-                                        3, axis=2)
+        out["ground truth"] = mask_picture(g.reshape(amap.shape) > 0.5)
     return {name: fit_square(np.ascontiguousarray(img), side) for name, img in out.items()}
 
 

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from utils.core.atomic import atomic_write_text
-from utils.reports.crops import DETAIL_SIDE
+from utils.reports.crops import DETAIL_SIDE, MAX_ZOOM
 from utils.reports.published import PUBLISHED_METRICS, Comparison, compare_mean
 from utils.reports.tables import METRIC_KEYS, METRIC_NAMES, fmt_delta, fmt_pct, mean_metrics
 from utils.run.thresholds import Threshold
@@ -300,7 +300,7 @@ def _page_body(page: CategoryPage, rows: list[ImageRow], start: int, links: list
     if page.detail_columns:
         body.append('<p class="note">Details: a square of each image at its own resolution around its largest '
                     'defect region (images without one: around the highest map value), outlined on the input '
-                    'thumbnail and shown at most 4× enlarged.</p>')
+                    f'thumbnail and shown at most {MAX_ZOOM}× enlarged.</p>')
     if links:
         body.append("<p>pages: " + " ".join(links) + "</p>")
     body += image_table(rows, page.columns, start, page.detail_columns)
@@ -381,7 +381,7 @@ def render_index(run: str, entries: list[IndexEntry], facts: list[tuple[str, str
     extra_mean: dict[str, float | None] = {}
     for name in extra:
         known = [e.extra[name] for e in entries if e.extra.get(name) is not None]
-        extra_mean[name] = float(np.mean(known)) if known and len(known) == len(entries) else None
+        extra_mean[name] = float(np.mean(known)) if len(known) == len(entries) else None  # like with like
     for e in entries:
         t = e.threshold
         t_text = "" if t is None else f"{t['kind']} {t['value']:.6f}"
